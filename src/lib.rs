@@ -1,0 +1,27 @@
+//! redis-idle-guard: a proxy-wasm network filter that keeps pooled Redis connections alive
+//! with in-band, RESP-exact keepalives.
+//!
+//! Everything but `adapter` is sans-IO: plain Rust, time passed in, no host calls, tested
+//! natively. `adapter` is the only code that talks to the proxy-wasm host.
+#![cfg_attr(
+    test,
+    allow(
+        clippy::panic,
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::indexing_slicing,
+        clippy::unreachable
+    )
+)]
+
+pub mod command;
+pub mod config;
+pub mod duration;
+pub mod metrics;
+pub mod reply_queue;
+pub mod resp;
+pub mod schedule;
+pub mod session;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;

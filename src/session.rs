@@ -1,0 +1,643 @@
+//! One proxied Redis connection: what is in flight, what mode it is in, and when the filter may
+//! speak on it. Sans-IO: the adapter passes in time and a [`Buffer`] view of the host's bytes.
+//!
+//! # When a keepalive PING may be sent
+//! All of: the session follows the connection (no parse error, no MONITOR, no replication); both
+//! directions are between frames; no MULTI is open; replies are on (no CLIENT REPLY OFF/SKIP);
+//! and either nothing is pending, or everything pending sits behind a blocked command (its PING
+//! is then answered after the blocked command's reply, and is not timed out meanwhile).
+//!
+//! # How its reply is recognised and removed
+//! The PING carries a token, `PING redis-idle-guard`. The reply queue knows, in wire order,
+//! whose each reply is; pushes (`>`) and, on a RESP2 subscribed connection, pubsub-shaped arrays
+//! (`message`, `subscribe`, …) are out of band and never take a place in it. A reply in a
+//! filter place is removed only if it is exactly `$16\r\nredis-idle-guard\r\n` (RESP2 subscribed:
+//! `*2 $4 pong $16 redis-idle-guard`) or an error (`-NOAUTH`, `-LOADING`…); anything else means
+//! we lost track, and the filter steps aside rather than guess. A filter reply split across
+//! reads is cut from the first read and held (it is at most a few dozen bytes), and put back
+//! at the front of the next read if it turns out not to be ours.
+
+use crate::command::{Command, ReplyMode};
+use crate::config::Config;
+use crate::duration::Millis;
+use crate::reply_queue::{Expect, ReplyQueue};
+use crate::resp::{Frame, FrameKind, Framer, Limits, RespError, Side};
+
+/// The filter's keepalive: `PING redis-idle-guard` (the token shows in MONITOR and SLOWLOG, so
+/// operators can tell the filter's PINGs from the application's).
+pub const PING: &[u8] = b"*2\r\n$4\r\nPING\r\n$16\r\nredis-idle-guard\r\n";
+const PONG_BULK: &[u8] = b"$16\r\nredis-idle-guard\r\n";
+const PONG_RESP2_PUBSUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
+/// An error answering our PING (NOAUTH, LOADING, MASTERDOWN…) is short; longer is not ours.
+const MAX_OWN_REPLY: usize = 512;
+/// PINGs that may pile up behind one blocked command (one per interval).
+const MAX_PINGS_BEHIND_BLOCK: u32 = 1024;
+const MIN_WINDOW: usize = 256;
+const MAX_WINDOW: usize = 16 * 1024;
+
+/// The host's view of one direction's data for the current callback.
+pub trait Buffer {
+    fn len(&self) -> usize;
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Copy `len` bytes from `start`. `None` if the host refused.
+    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>>;
+    /// Replace bytes `[0, upto)` with `with` (`upto == 0` prepends). False if the host refused.
+    fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The filter's PING went unanswered for `ping_timeout`.
+    PingTimeout,
+    /// The host would not let the filter send its PING; closing an idle connection before it
+    /// can go stale is the fallback.
+    InjectionRefused,
+    /// Redis (or the path) closed the connection while the client was idle.
+    UpstreamClosed,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StepAside {
+    RequestParse(RespError),
+    ReplyParse(RespError),
+    /// A reply arrived that no request accounts for, or a filter place held something else.
+    LostTrack(&'static str),
+    Monitor,
+    Replication,
+    /// A mode change queued inside MULTI (CLIENT REPLY, HELLO, SUBSCRIBE…): we do not model it.
+    ModeChangeInMulti,
+    HostRefused,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    KeepaliveSent { idle_ms: Millis },
+    KeepaliveAnswered,
+    KeepaliveFailed,
+    KeepaliveRefused,
+    ReconnectSignal(CloseReason),
+    Passthrough(StepAside),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickAction {
+    None,
+    /// Append [`PING`] to the connection's (paused) read buffer and continue it, then call
+    /// [`Session::ping_sent`] or [`Session::ping_refused`].
+    SendPing,
+    /// Close the client connection; the event is already recorded.
+    Close(CloseReason),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Follow {
+    /// Both directions framed and understood.
+    Active,
+    /// Requests are no longer followed; replies are, only until the filter's own are removed.
+    Draining,
+    /// The filter does nothing more on this connection.
+    Detached,
+}
+
+/// What the request side knows about the connection's mode.
+#[derive(Debug)]
+struct Modes {
+    queue: ReplyQueue,
+    resp3: bool,
+    in_multi: bool,
+    reply_mode: ReplyMode,
+    /// Ever subscribed: on RESP2, pubsub-shaped arrays are then pushes, not replies.
+    subscribed: bool,
+    /// Set when a request makes us stop following; applied after the frame loop.
+    step_aside: Option<StepAside>,
+}
+
+impl Modes {
+    fn on_command(&mut self, frame: &Frame) {
+        if self.step_aside.is_some() || frame.kind != FrameKind::Command {
+            return;
+        }
+        let cmd = Command::classify(&frame.capture, self.in_multi);
+        if self.in_multi {
+            match cmd {
+                Command::EndMulti => {
+                    self.in_multi = false;
+                    self.queue.push(Expect::Client);
+                }
+                Command::Plain | Command::Multi | Command::Blocking => {
+                    self.queue.push(Expect::Client)
+                }
+                _ => self.step_aside = Some(StepAside::ModeChangeInMulti),
+            }
+            return;
+        }
+        // CLIENT REPLY, as Redis applies it (networking.c, clientCommand): SKIP turns into
+        // "skip this one" when the next command starts; ON always answers.
+        let skipping_this = self.reply_mode == ReplyMode::Skip;
+        if skipping_this {
+            self.reply_mode = ReplyMode::On;
+        }
+        let replies = match cmd {
+            Command::ClientReply(ReplyMode::On) => {
+                self.reply_mode = ReplyMode::On;
+                true
+            }
+            Command::ClientReply(ReplyMode::Off) => {
+                self.reply_mode = ReplyMode::Off;
+                false
+            }
+            Command::ClientReply(ReplyMode::Skip) => {
+                if self.reply_mode != ReplyMode::Off {
+                    self.reply_mode = ReplyMode::Skip;
+                }
+                false
+            }
+            _ => self.reply_mode == ReplyMode::On && !skipping_this,
+        };
+        match cmd {
+            // Confirmations are pushes (RESP3) or pubsub arrays (RESP2): never queued replies.
+            Command::Pubsub => self.subscribed = true,
+            Command::Monitor => self.step_aside = Some(StepAside::Monitor),
+            Command::Replication => self.step_aside = Some(StepAside::Replication),
+            _ if !replies => {}
+            Command::Blocking => self.queue.push(Expect::ClientBlocking),
+            Command::Multi => {
+                self.in_multi = true;
+                self.queue.push(Expect::Client);
+            }
+            Command::Hello(Some(v @ (2 | 3))) => self.queue.push(Expect::ClientHello(v)),
+            Command::Reset => {
+                self.reply_mode = ReplyMode::On;
+                self.queue.push(Expect::ClientReset);
+            }
+            _ => self.queue.push(Expect::Client),
+        }
+    }
+}
+
+fn is_pubsub_array(frame: &Frame) -> bool {
+    const KINDS: &[&[u8]] = &[
+        b"message",
+        b"pmessage",
+        b"smessage",
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    frame.kind == FrameKind::Aggregate
+        && matches!(frame.capture.count(), 3 | 4)
+        && frame
+            .capture
+            .item(0)
+            .is_some_and(|w| KINDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+/// What the reply loop decided about each complete frame of one read.
+struct ReplyPass<'a> {
+    modes: &'a mut Modes,
+    follow: &'a mut Follow,
+    /// Complete filter replies in this read, as stream offsets, to verify and remove.
+    ours: Vec<(u64, u64, bool)>,
+    lost: Option<&'static str>,
+    last_end: &'a mut u64,
+}
+
+impl ReplyPass<'_> {
+    fn on_reply(&mut self, frame: Frame) {
+        *self.last_end = frame.end;
+        if *self.follow == Follow::Detached || self.lost.is_some() {
+            return;
+        }
+        if *self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
+            *self.follow = Follow::Detached;
+            return;
+        }
+        if frame.kind == FrameKind::Push
+            || (!self.modes.resp3 && self.modes.subscribed && is_pubsub_array(&frame))
+        {
+            return;
+        }
+        match self.modes.queue.pop() {
+            None => self.lost = Some("a reply no request accounts for"),
+            Some(Expect::Client | Expect::ClientBlocking) => {}
+            Some(Expect::ClientHello(v)) => {
+                if frame.kind != FrameKind::Error {
+                    self.modes.resp3 = v == 3;
+                }
+            }
+            Some(Expect::ClientReset) => {
+                if frame.kind != FrameKind::Error {
+                    self.modes.resp3 = false;
+                    self.modes.subscribed = false;
+                    self.modes.in_multi = false;
+                }
+            }
+            Some(Expect::Filter) => {
+                self.ours
+                    .push((frame.start, frame.end, frame.kind == FrameKind::Error))
+            }
+        }
+    }
+}
+
+pub struct Session {
+    keepalive_interval: Option<Millis>,
+    ping_timeout: Millis,
+    requests: Framer,
+    replies: Framer,
+    modes: Modes,
+    follow: Follow,
+    closed: bool,
+    /// Last byte seen in either direction, the filter's own included.
+    last_activity: Millis,
+    /// A keepalive was due but not allowed; look again at this time.
+    recheck_at: Millis,
+    /// Since when the front filter PING has been owed an answer (None: none at the front).
+    ping_clock: Option<Millis>,
+    /// End offset of the last complete reply frame (start of the partial one, if any).
+    reply_frame_end: u64,
+    /// Head of a possibly-filter reply cut from the previous read.
+    carry: Vec<u8>,
+    req_window: usize,
+    rep_window: usize,
+    events: Vec<Event>,
+}
+
+enum LoopStop {
+    Parse(RespError),
+    HostRead,
+}
+
+/// Frame `buf[from..]`, fetching only header windows from the host and skipping payloads.
+fn frame_buffer(
+    framer: &mut Framer,
+    buf: &mut dyn Buffer,
+    from: usize,
+    window: &mut usize,
+    sink: &mut dyn FnMut(Frame),
+) -> Result<(), LoopStop> {
+    let size = buf.len();
+    let mut pos = from;
+    while pos < size {
+        let skippable = framer.skippable();
+        if skippable > 0 {
+            let k = skippable.min((size - pos) as u64);
+            framer.skip(k);
+            pos += k as usize;
+            // A large payload: keep the next header windows small.
+            *window = MIN_WINDOW;
+            continue;
+        }
+        let n = (*window).min(size - pos);
+        let Some(bytes) = buf.read(pos, n) else {
+            return Err(LoopStop::HostRead);
+        };
+        if bytes.is_empty() || bytes.len() > n {
+            return Err(LoopStop::HostRead);
+        }
+        framer.feed(&bytes, sink).map_err(LoopStop::Parse)?;
+        pos += bytes.len();
+        // Many small frames: fewer, larger reads.
+        *window = (*window * 2).min(MAX_WINDOW);
+    }
+    Ok(())
+}
+
+impl Session {
+    pub fn new(config: &Config, now: Millis) -> Session {
+        Session {
+            keepalive_interval: config.keepalive_interval,
+            ping_timeout: config.ping_timeout,
+            requests: Framer::new(Side::Request, Limits::default()),
+            replies: Framer::new(Side::Reply, Limits::default()),
+            modes: Modes {
+                queue: ReplyQueue::default(),
+                resp3: false,
+                in_multi: false,
+                reply_mode: ReplyMode::On,
+                subscribed: false,
+                step_aside: None,
+            },
+            follow: Follow::Active,
+            closed: false,
+            last_activity: now,
+            recheck_at: 0,
+            ping_clock: None,
+            reply_frame_end: 0,
+            carry: Vec::new(),
+            req_window: MIN_WINDOW,
+            rep_window: MIN_WINDOW,
+            events: Vec::new(),
+        }
+    }
+
+    /// Events since the last call, for metrics and logs.
+    pub fn take_events(&mut self) -> Vec<Event> {
+        std::mem::take(&mut self.events)
+    }
+
+    /// True once the filter no longer needs to see this connection's client bytes, nor keep
+    /// its read buffer paused.
+    pub fn requests_unfollowed(&self) -> bool {
+        self.follow != Follow::Active || self.closed
+    }
+
+    pub fn is_detached(&self) -> bool {
+        self.follow == Follow::Detached
+    }
+
+    fn step_aside(&mut self, why: StepAside) {
+        if self.follow == Follow::Detached {
+            return;
+        }
+        self.events.push(Event::Passthrough(why));
+        self.follow = if self.modes.queue.filter_pending() > 0 {
+            Follow::Draining
+        } else {
+            Follow::Detached
+        };
+        self.ping_clock = None;
+    }
+
+    /// Stepping aside on the reply side itself: no more reply framing is possible.
+    fn detach(&mut self, why: StepAside) {
+        if self.follow != Follow::Detached {
+            self.events.push(Event::Passthrough(why));
+        }
+        self.follow = Follow::Detached;
+        self.ping_clock = None;
+    }
+
+    /// Client bytes, on their way to Redis. They are never changed.
+    pub fn on_client_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
+        if !buf.is_empty() {
+            self.last_activity = now;
+        }
+        if self.follow != Follow::Active {
+            return;
+        }
+        let modes = &mut self.modes;
+        let mut sink = |f: Frame| modes.on_command(&f);
+        let result = frame_buffer(&mut self.requests, buf, 0, &mut self.req_window, &mut sink);
+        if let Some(why) = self.modes.step_aside.take() {
+            self.step_aside(why);
+        }
+        match result {
+            Ok(()) => {}
+            Err(LoopStop::Parse(e)) => self.step_aside(StepAside::RequestParse(e)),
+            Err(LoopStop::HostRead) => self.step_aside(StepAside::HostRefused),
+        }
+    }
+
+    /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
+    pub fn on_server_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
+        if !buf.is_empty() || !self.carry.is_empty() {
+            self.last_activity = now;
+        }
+        if self.follow == Follow::Detached {
+            return;
+        }
+        // Put back the held head of a frame, in front of the bytes that follow it.
+        let carried = std::mem::take(&mut self.carry);
+        if !carried.is_empty() && !buf.replace_prefix(0, &carried) {
+            self.detach(StepAside::HostRefused);
+            return;
+        }
+        let base = self.replies.offset().saturating_sub(carried.len() as u64);
+        let filter_before = self.modes.queue.filter_pending();
+
+        let mut pass = ReplyPass {
+            modes: &mut self.modes,
+            follow: &mut self.follow,
+            ours: Vec::new(),
+            lost: None,
+            last_end: &mut self.reply_frame_end,
+        };
+        let result = frame_buffer(
+            &mut self.replies,
+            buf,
+            carried.len(),
+            &mut self.rep_window,
+            &mut |f| pass.on_reply(f),
+        );
+        let ReplyPass { ours, lost, .. } = pass;
+
+        // Verify each filter reply and collect what to cut, in buffer positions.
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        let mut lost = lost;
+        for (start, end, is_error) in ours {
+            let (Some(s), Some(e)) = (start.checked_sub(base), end.checked_sub(base)) else {
+                lost.get_or_insert("a filter reply began in a read already passed on");
+                break;
+            };
+            let (s, e) = (s as usize, e as usize);
+            let genuine = is_error || {
+                let expected = if !self.modes.resp3 && self.modes.subscribed {
+                    PONG_RESP2_PUBSUB
+                } else {
+                    PONG_BULK
+                };
+                e - s == expected.len() && buf.read(s, e - s).is_some_and(|b| b == expected)
+            };
+            if !genuine {
+                lost.get_or_insert("a filter place held a reply that is not the filter's");
+                break;
+            }
+            cuts.push((s, e));
+            self.events.push(Event::KeepaliveAnswered);
+        }
+        let answered = cuts.len() as u32;
+
+        match result {
+            Ok(()) => {}
+            Err(LoopStop::Parse(e)) => {
+                self.apply_cuts(buf, &cuts);
+                self.detach(StepAside::ReplyParse(e));
+                return;
+            }
+            Err(LoopStop::HostRead) => {
+                self.detach(StepAside::HostRefused);
+                return;
+            }
+        }
+        if let Some(why) = lost {
+            self.apply_cuts(buf, &cuts);
+            self.detach(StepAside::LostTrack(why));
+            return;
+        }
+
+        // A partial frame at the end that may be the filter's: hold its head back.
+        if !self.replies.at_boundary()
+            && self.follow != Follow::Detached
+            && self.modes.queue.filter_at_front()
+        {
+            if let Some(s) = self.reply_frame_end.checked_sub(base) {
+                let s = s as usize;
+                let size = buf.len();
+                if size > s && size - s <= MAX_OWN_REPLY {
+                    let head = buf.read(s, size - s).unwrap_or_default();
+                    let expected = if !self.modes.resp3 && self.modes.subscribed {
+                        PONG_RESP2_PUBSUB
+                    } else {
+                        PONG_BULK
+                    };
+                    let maybe_ours = head.len() == size - s
+                        && (expected.starts_with(&head)
+                            || matches!(head.first(), Some(b'-' | b'!')));
+                    if maybe_ours {
+                        cuts.push((s, size));
+                        self.carry = head;
+                    }
+                }
+            }
+        }
+        if !self.apply_cuts(buf, &cuts) {
+            self.carry.clear();
+            self.detach(StepAside::HostRefused);
+            return;
+        }
+
+        // The ping clock follows whichever filter PING is now at the front.
+        let front = self.modes.queue.filter_at_front();
+        if answered > 0 || filter_before != self.modes.queue.filter_pending() || !front {
+            self.ping_clock = front.then_some(now);
+        } else if self.ping_clock.is_none() {
+            // A blocked command's reply just put a filter PING at the front.
+            self.ping_clock = Some(now);
+        }
+        if self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
+            self.follow = Follow::Detached;
+        }
+    }
+
+    /// Remove `cuts` (sorted, disjoint buffer ranges) with one host write.
+    fn apply_cuts(&mut self, buf: &mut dyn Buffer, cuts: &[(usize, usize)]) -> bool {
+        let Some(&(_, upto)) = cuts.last() else {
+            return true;
+        };
+        let mut kept = Vec::new();
+        let mut pos = 0;
+        for &(s, e) in cuts {
+            if s > pos {
+                let Some(bytes) = buf.read(pos, s - pos) else {
+                    return false;
+                };
+                kept.extend_from_slice(&bytes);
+            }
+            pos = e;
+        }
+        buf.replace_prefix(upto, &kept)
+    }
+
+    fn may_ping(&self) -> bool {
+        let q = &self.modes.queue;
+        self.follow == Follow::Active
+            && !self.closed
+            && self.requests.at_boundary()
+            && self.replies.at_boundary()
+            && self.carry.is_empty()
+            && !self.modes.in_multi
+            && self.modes.reply_mode == ReplyMode::On
+            && (q.is_empty()
+                || (q.only_behind_blocking() && q.filter_pending() < MAX_PINGS_BEHIND_BLOCK))
+    }
+
+    /// When [`Session::on_tick`] next has something to do.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        if self.closed || self.follow == Follow::Detached {
+            return None;
+        }
+        let timeout = self.ping_clock.map(|t| t + self.ping_timeout);
+        let keepalive = match self.keepalive_interval {
+            Some(i) if self.follow == Follow::Active => {
+                Some((self.last_activity + i).max(self.recheck_at))
+            }
+            _ => None,
+        };
+        match (timeout, keepalive) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub fn on_tick(&mut self, now: Millis) -> TickAction {
+        if self.closed || self.follow == Follow::Detached {
+            return TickAction::None;
+        }
+        if let Some(since) = self.ping_clock {
+            if now >= since + self.ping_timeout {
+                self.closed = true;
+                self.events.push(Event::KeepaliveFailed);
+                self.events
+                    .push(Event::ReconnectSignal(CloseReason::PingTimeout));
+                return TickAction::Close(CloseReason::PingTimeout);
+            }
+        }
+        let Some(interval) = self.keepalive_interval else {
+            return TickAction::None;
+        };
+        if self.follow != Follow::Active
+            || now < self.last_activity + interval
+            || now < self.recheck_at
+        {
+            return TickAction::None;
+        }
+        if self.may_ping() {
+            TickAction::SendPing
+        } else {
+            self.recheck_at = now + interval;
+            TickAction::None
+        }
+    }
+
+    /// The adapter put [`PING`] on the wire.
+    pub fn ping_sent(&mut self, now: Millis) {
+        self.events.push(Event::KeepaliveSent {
+            idle_ms: now.saturating_sub(self.last_activity),
+        });
+        self.modes.queue.push(Expect::Filter);
+        if self.modes.queue.filter_at_front() {
+            self.ping_clock = Some(now);
+        }
+        self.last_activity = now;
+    }
+
+    /// The host refused the injection. An idle connection is closed now, before it can go
+    /// stale; a busy one is left alone (its own traffic keeps it alive).
+    pub fn ping_refused(&mut self, now: Millis) -> TickAction {
+        self.events.push(Event::KeepaliveRefused);
+        if self.modes.queue.client_pending() {
+            self.recheck_at = now + self.keepalive_interval.unwrap_or(self.ping_timeout);
+            return TickAction::None;
+        }
+        self.closed = true;
+        self.events
+            .push(Event::ReconnectSignal(CloseReason::InjectionRefused));
+        TickAction::Close(CloseReason::InjectionRefused)
+    }
+
+    /// Redis's side closed. Returns true when the client was idle: closing it now is a clean
+    /// reconnect signal (no command of its is lost).
+    pub fn upstream_closed(&mut self) -> bool {
+        if self.closed {
+            return false;
+        }
+        self.closed = true;
+        if self.modes.queue.client_pending() || !self.requests.at_boundary() {
+            return false;
+        }
+        self.events
+            .push(Event::ReconnectSignal(CloseReason::UpstreamClosed));
+        true
+    }
+
+    /// The host failed a call the session relies on (e.g. resuming the read): step aside.
+    pub fn host_failed(&mut self) {
+        self.step_aside(StepAside::HostRefused);
+    }
+}

@@ -1,0 +1,149 @@
+//! Transparency: whatever the traffic, its segmentation and the keepalives, the client receives
+//! exactly what Redis sent for it, and Redis receives exactly the client's bytes plus PINGs
+//! placed only between commands.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
+mod support;
+
+use proptest::prelude::*;
+use redis_idle_guard::config::Config;
+use redis_idle_guard::session::{TickAction, PING};
+use std::collections::VecDeque;
+use support::{cmd, World};
+
+const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
+
+/// A client command and the reply a Redis would give it.
+#[derive(Debug, Clone)]
+enum Op {
+    /// Send a command (index into `commands()`), pipelined with whatever is in flight.
+    Send(usize),
+    /// Redis answers up to `n` queued commands, in `splits`-many segments, possibly with a
+    /// RESP3 push in front.
+    Answer { n: usize, splits: Vec<usize>, push: bool },
+    /// Time passes; a tick runs.
+    Wait(u64),
+}
+
+fn commands() -> Vec<(Vec<u8>, Vec<u8>)> {
+    vec![
+        (cmd(&["GET", "k"]), b"$-1\r\n".to_vec()),
+        (cmd(&["INCR", "n"]), b":42\r\n".to_vec()),
+        // The client's own PING with our token: same reply bytes as ours, must reach the client.
+        (cmd(&["PING", "redis-idle-guard"]), PONG.to_vec()),
+        (cmd(&["PING"]), b"+PONG\r\n".to_vec()),
+        // A value that contains our reply's bytes.
+        (cmd(&["GET", "tricky"]), [b"$25\r\nxx".as_slice(), PONG, b"\r\n"].concat()),
+        (cmd(&["LRANGE", "l", "0", "-1"]), b"*3\r\n$1\r\na\r\n*0\r\n:7\r\n".to_vec()),
+        (cmd(&["HGETALL", "h"]), b"%1\r\n+f\r\n,1.5\r\n".to_vec()),
+        (cmd(&["BADCMD"]), b"-ERR unknown command\r\n".to_vec()),
+        (b"GET k\r\n".to_vec(), b"$3\r\nabc\r\n".to_vec()),
+        (cmd(&["BLPOP", "q", "0"]), b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n".to_vec()),
+        (cmd(&["GET", "big"]), {
+            let mut v = b"$3000\r\n".to_vec();
+            v.extend((0..3000).map(|i| (i % 251) as u8));
+            v.extend_from_slice(b"\r\n");
+            v
+        }),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..11usize).prop_map(Op::Send),
+        3 => (1..4usize, proptest::collection::vec(1..40usize, 0..4), any::<bool>())
+            .prop_map(|(n, splits, push)| Op::Answer { n, splits, push }),
+        3 => prop_oneof![Just(100u64), Just(999), Just(1_000), Just(2_500)].prop_map(Op::Wait),
+    ]
+}
+
+fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
+    let table = commands();
+    // A ping_timeout longer than any scenario: this test is about bytes, not closes.
+    let mut w = World::new(Config { keepalive_interval: Some(1_000), ping_timeout: 1_000_000 });
+    // Replies Redis owes, in wire order; `true` = the filter's.
+    let mut owed: VecDeque<(Vec<u8>, bool)> = VecDeque::new();
+    let mut expected_client: Vec<u8> = Vec::new();
+    let mut expected_redis: Vec<u8> = Vec::new();
+    let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
+    if resp3 {
+        let hello = cmd(&["HELLO", "3"]);
+        w.client(&hello);
+        expected_redis.extend_from_slice(&hello);
+        let reply = b"%1\r\n$5\r\nproto\r\n:3\r\n".to_vec();
+        w.server(&reply);
+        expected_client.extend_from_slice(&reply);
+    }
+    for op in ops {
+        match op {
+            Op::Send(i) => {
+                let (c, r) = &table[*i];
+                w.client(c);
+                expected_redis.extend_from_slice(c);
+                owed.push_back((r.clone(), false));
+            }
+            Op::Wait(ms) => {
+                if w.advance(*ms) == TickAction::SendPing {
+                    expected_redis.extend_from_slice(PING);
+                    owed.push_back((PONG.to_vec(), true));
+                }
+            }
+            Op::Answer { n, splits, push: with_push } => {
+                let mut bytes = Vec::new();
+                if resp3 && *with_push {
+                    bytes.extend_from_slice(push);
+                    expected_client.extend_from_slice(push);
+                }
+                for _ in 0..*n {
+                    let Some((r, ours)) = owed.pop_front() else { break };
+                    bytes.extend_from_slice(&r);
+                    if !ours {
+                        expected_client.extend_from_slice(&r);
+                    }
+                }
+                let mut cut = 0;
+                for s in splits {
+                    let end = (cut + s).min(bytes.len());
+                    w.server(&bytes[cut..end]);
+                    cut = end;
+                }
+                w.server(&bytes[cut..]);
+            }
+        }
+    }
+    // Redis answers the rest.
+    let rest: Vec<u8> = owed.iter().flat_map(|(r, _)| r.clone()).collect();
+    for (r, ours) in &owed {
+        if !ours {
+            expected_client.extend_from_slice(r);
+        }
+    }
+    w.server(&rest);
+    prop_assert_eq!(&w.to_redis, &expected_redis, "Redis got other bytes than the client's plus PINGs");
+    prop_assert_eq!(&w.to_client, &expected_client, "the client got other bytes than its replies");
+    prop_assert!(!w.session.is_detached(), "stepped aside on valid traffic: {:?}", w.session.take_events());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn resp2_client_sees_exactly_its_replies(ops in proptest::collection::vec(op(), 1..40)) {
+        run(&ops, false)?;
+    }
+
+    #[test]
+    fn resp3_client_sees_exactly_its_replies_and_pushes(ops in proptest::collection::vec(op(), 1..40)) {
+        run(&ops, true)?;
+    }
+}
+
+#[test]
+fn keepalives_actually_fire_in_these_scenarios() {
+    // Guard against a vacuous property: an idle spell between answered commands must PING.
+    let ops = [Op::Send(0), Op::Answer { n: 1, splits: vec![], push: false }, Op::Wait(1_000), Op::Wait(100)];
+    run(&ops, false).unwrap();
+    let mut w = World::new(Config { keepalive_interval: Some(1_000), ping_timeout: 1_000_000 });
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+}
