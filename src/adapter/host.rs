@@ -1,0 +1,218 @@
+//! The proxy-wasm host calls the filter makes, declared raw so that every status is ours to
+//! handle: the SDK's helpers (`set_buffer`, `resume_downstream`, `close_downstream`, its logger…)
+//! panic on a non-Ok status, and a panic traps the VM and every connection on that worker.
+
+use crate::session::Buffer;
+
+// ABI 0.2.1 enumerations, as the host passes them.
+const BUFFER_DOWNSTREAM: u32 = 2;
+const BUFFER_UPSTREAM: u32 = 3;
+const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+const STREAM_DOWNSTREAM: u32 = 2;
+pub const METRIC_COUNTER: u32 = 0;
+pub const METRIC_GAUGE: u32 = 1;
+pub const METRIC_HISTOGRAM: u32 = 2;
+const STATUS_OK: u32 = 0;
+
+/// A host call that did not return Ok, with the raw status (1 NotFound, 2 BadArgument, …).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub u32);
+
+// The SDK declares some of these with its own enum types; ours take and return plain u32 so
+// that an unexpected status from the host is a value to check, not undefined behaviour.
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;
+    fn proxy_get_current_time_nanoseconds(return_time: *mut u64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    fn proxy_get_buffer_status(
+        buffer_type: u32,
+        return_length: *mut usize,
+        return_flags: *mut u32,
+    ) -> u32;
+    fn proxy_get_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        max_size: usize,
+        return_data: *mut *mut u8,
+        return_size: *mut usize,
+    ) -> u32;
+    fn proxy_set_buffer_bytes(
+        buffer_type: u32,
+        start: usize,
+        size: usize,
+        data: *const u8,
+        data_size: usize,
+    ) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
+    fn proxy_close_stream(stream_type: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_define_metric(
+        metric_type: u32,
+        name_data: *const u8,
+        name_size: usize,
+        return_id: *mut u32,
+    ) -> u32;
+    fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+}
+
+fn check(status: u32) -> Result<(), Refused> {
+    if status == STATUS_OK {
+        Ok(())
+    } else {
+        Err(Refused(status))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Debug = 1,
+    Info = 2,
+    Warn = 3,
+    Error = 4,
+}
+
+/// Log through Envoy (component `wasm`). A refused log line is dropped: nothing to do about it.
+pub fn log(level: Level, message: &str) {
+    // SAFETY: pointer and length describe a live &str for the duration of the call.
+    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+}
+
+/// Host clock in milliseconds. `SystemTime::now` traps on wasm32-unknown-unknown.
+pub fn now_ms() -> Result<u64, Refused> {
+    let mut ns: u64 = 0;
+    // SAFETY: the host writes one u64 to a valid pointer.
+    check(unsafe { proxy_get_current_time_nanoseconds(&mut ns) })?;
+    Ok(ns / 1_000_000)
+}
+
+pub fn set_tick_period_ms(period: u32) -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_set_tick_period_milliseconds(period) })
+}
+
+pub fn set_effective_context(context_id: u32) -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_set_effective_context(context_id) })
+}
+
+pub fn continue_downstream() -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_continue_stream(STREAM_DOWNSTREAM) })
+}
+
+/// Close the client connection (Envoy flushes what is already written, then closes).
+pub fn close_downstream() -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_close_stream(STREAM_DOWNSTREAM) })
+}
+
+pub fn define_metric(kind: u32, name: &str) -> Result<u32, Refused> {
+    let mut id = 0;
+    // SAFETY: name is a live &str; the host writes one u32.
+    check(unsafe { proxy_define_metric(kind, name.as_ptr(), name.len(), &mut id) })?;
+    Ok(id)
+}
+
+pub fn increment_metric(id: u32, by: i64) -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_increment_metric(id, by) })
+}
+
+pub fn record_metric(id: u32, value: u64) -> Result<(), Refused> {
+    // SAFETY: plain value call.
+    check(unsafe { proxy_record_metric(id, value) })
+}
+
+fn buffer_len(buffer_type: u32) -> Result<usize, Refused> {
+    let mut len = 0;
+    let mut flags = 0;
+    // SAFETY: the host writes to two valid pointers.
+    check(unsafe { proxy_get_buffer_status(buffer_type, &mut len, &mut flags) })?;
+    Ok(len)
+}
+
+fn buffer_bytes(buffer_type: u32, start: usize, max: usize) -> Result<Vec<u8>, Refused> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: on Ok the host has allocated `size` bytes with our exported allocator
+    // (proxy_on_memory_allocate: a forgotten Vec<u8> of capacity `size`), which we now own.
+    unsafe {
+        check(proxy_get_buffer_bytes(
+            buffer_type,
+            start,
+            max,
+            &mut data,
+            &mut size,
+        ))?;
+        if data.is_null() {
+            return Ok(Vec::new());
+        }
+        Ok(Vec::from_raw_parts(data, size, size))
+    }
+}
+
+fn set_buffer_bytes(
+    buffer_type: u32,
+    start: usize,
+    len: usize,
+    with: &[u8],
+) -> Result<(), Refused> {
+    // SAFETY: `with` is a live slice for the duration of the call.
+    check(unsafe { proxy_set_buffer_bytes(buffer_type, start, len, with.as_ptr(), with.len()) })
+}
+
+pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Refused> {
+    if size == 0 {
+        return Ok(Vec::new());
+    }
+    buffer_bytes(BUFFER_PLUGIN_CONFIGURATION, 0, size)
+}
+
+/// Append bytes to the client connection's read buffer (kept by Envoy while the last
+/// `on_downstream_data` returned Pause), from outside any data callback.
+pub fn append_downstream(bytes: &[u8]) -> Result<(), Refused> {
+    let len = buffer_len(BUFFER_DOWNSTREAM)?;
+    set_buffer_bytes(BUFFER_DOWNSTREAM, len, 0, bytes)
+}
+
+/// One direction's data inside its own callback.
+pub struct HostBuffer {
+    buffer_type: u32,
+    len: usize,
+}
+
+impl HostBuffer {
+    pub fn downstream(len: usize) -> HostBuffer {
+        HostBuffer {
+            buffer_type: BUFFER_DOWNSTREAM,
+            len,
+        }
+    }
+    pub fn upstream(len: usize) -> HostBuffer {
+        HostBuffer {
+            buffer_type: BUFFER_UPSTREAM,
+            len,
+        }
+    }
+}
+
+impl Buffer for HostBuffer {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+        buffer_bytes(self.buffer_type, start, len).ok()
+    }
+
+    fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool {
+        if set_buffer_bytes(self.buffer_type, 0, upto, with).is_err() {
+            return false;
+        }
+        self.len = self.len - upto.min(self.len) + with.len();
+        true
+    }
+}

@@ -1,0 +1,167 @@
+//! The root context: configuration, the worker's live connections, and the tick that sends
+//! keepalives and closes dead links.
+
+use super::host::{self, Level};
+use super::stats;
+use super::stream::Connection;
+use crate::config::Config;
+use crate::metrics::Metric;
+use crate::schedule::Schedule;
+use crate::session::{Session, TickAction, PING};
+use proxy_wasm::traits::{Context, RootContext, StreamContext};
+use proxy_wasm::types::ContextType;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// What a root context and its connections share (one worker thread, no locking needed).
+pub struct Registry {
+    pub config: Config,
+    pub sessions: HashMap<u32, Session>,
+    pub schedule: Schedule,
+}
+
+impl Registry {
+    pub fn remove(&mut self, id: u32) {
+        if self.sessions.remove(&id).is_some() {
+            self.schedule.forget(id);
+            stats::add(Metric::Connections, -1);
+        }
+    }
+}
+
+pub struct Root {
+    registry: Rc<RefCell<Registry>>,
+    due: Vec<u32>,
+}
+
+impl Root {
+    pub fn new(_context_id: u32) -> Root {
+        Root {
+            registry: Rc::new(RefCell::new(Registry {
+                config: Config::default(),
+                sessions: HashMap::new(),
+                schedule: Schedule::default(),
+            })),
+            due: Vec::new(),
+        }
+    }
+}
+
+/// Fine enough to act within a tenth of the shortest timer; coarse enough to cost nothing.
+fn tick_period_ms(config: &Config) -> u32 {
+    match config.keepalive_interval {
+        None => 0,
+        Some(interval) => (interval.min(config.ping_timeout) / 10).clamp(10, 1_000) as u32,
+    }
+}
+
+impl Context for Root {}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        stats::define_all();
+        true
+    }
+
+    fn on_configure(&mut self, size: usize) -> bool {
+        stats::define_all();
+        let bytes = match host::plugin_configuration(size) {
+            Ok(b) => b,
+            Err(e) => {
+                host::log(
+                    Level::Error,
+                    &format!("redis-idle-guard: cannot read the plugin configuration ({e:?})"),
+                );
+                return false;
+            }
+        };
+        let config = match Config::parse(&bytes) {
+            Ok(c) => c,
+            Err(e) => {
+                // Returning false makes Envoy reject the configuration; this line says why.
+                host::log(Level::Error, &format!("redis-idle-guard: {e}"));
+                return false;
+            }
+        };
+        let period = tick_period_ms(&config);
+        if let Err(e) = host::set_tick_period_ms(period) {
+            host::log(
+                Level::Error,
+                &format!("redis-idle-guard: cannot set the tick period ({e:?})"),
+            );
+            return false;
+        }
+        host::log(
+            Level::Info,
+            &format!(
+                "redis-idle-guard: configured: {} (tick {period}ms)",
+                config.describe()
+            ),
+        );
+        let Ok(mut registry) = self.registry.try_borrow_mut() else {
+            return false;
+        };
+        registry.config = config;
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Ok(now) = host::now_ms() else { return };
+        let Ok(mut guard) = self.registry.try_borrow_mut() else {
+            return;
+        };
+        let registry = &mut *guard;
+        self.due.clear();
+        registry.schedule.take_due(now, &mut self.due);
+        for &id in &self.due {
+            let Some(session) = registry.sessions.get_mut(&id) else {
+                continue;
+            };
+            let mut action = session.on_tick(now);
+            if action == TickAction::SendPing {
+                // Appending to the paused read buffer works only while Envoy holds it (the
+                // last on_downstream_data returned Pause); otherwise the host says BadArgument.
+                let injected =
+                    host::set_effective_context(id).and_then(|()| host::append_downstream(PING));
+                action = match injected {
+                    Ok(()) => {
+                        session.ping_sent(now);
+                        if let Err(e) = host::continue_downstream() {
+                            host::log(Level::Warn, &format!("redis-idle-guard: connection {id}: resuming after the keepalive refused ({e:?}); it goes out with the next client bytes"));
+                        }
+                        TickAction::None
+                    }
+                    Err(e) => {
+                        host::log(Level::Debug, &format!("redis-idle-guard: connection {id}: keepalive injection refused ({e:?})"));
+                        session.ping_refused(now)
+                    }
+                };
+            }
+            if let TickAction::Close(_) = action {
+                let closed =
+                    host::set_effective_context(id).and_then(|()| host::close_downstream());
+                if let Err(e) = closed {
+                    host::log(
+                        Level::Warn,
+                        &format!("redis-idle-guard: connection {id}: close refused ({e:?})"),
+                    );
+                }
+            }
+            stats::record_events(id, session.take_events());
+            let next = session.next_deadline();
+            registry.schedule.arm(id, next);
+        }
+    }
+
+    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
+        Some(Box::new(Connection::new(
+            context_id,
+            Rc::clone(&self.registry),
+        )))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::StreamContext)
+    }
+}

@@ -1,0 +1,125 @@
+//! One client connection's callbacks.
+
+use super::host::{self, HostBuffer, Level};
+use super::root::Registry;
+use super::stats;
+use crate::metrics::Metric;
+use crate::session::Session;
+use proxy_wasm::traits::{Context, StreamContext};
+use proxy_wasm::types::{Action, PeerType};
+use std::cell::RefCell;
+use std::rc::Rc;
+
+pub struct Connection {
+    id: u32,
+    registry: Rc<RefCell<Registry>>,
+}
+
+impl Connection {
+    pub fn new(id: u32, registry: Rc<RefCell<Registry>>) -> Connection {
+        Connection { id, registry }
+    }
+
+    /// Run `f` on this connection's session, then record its events and re-arm its timer.
+    /// None when there is no session (stepped aside at birth) or the registry is busy.
+    fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        let mut guard = self.registry.try_borrow_mut().ok()?;
+        let registry = &mut *guard;
+        let session = registry.sessions.get_mut(&self.id)?;
+        let result = f(session);
+        stats::record_events(self.id, session.take_events());
+        let next = session.next_deadline();
+        registry.schedule.arm(self.id, next);
+        Some(result)
+    }
+}
+
+impl Context for Connection {
+    fn on_done(&mut self) -> bool {
+        if let Ok(mut registry) = self.registry.try_borrow_mut() {
+            registry.remove(self.id);
+        }
+        true
+    }
+}
+
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if let Ok(mut registry) = self.registry.try_borrow_mut() {
+            registry.remove(self.id);
+        }
+    }
+}
+
+impl StreamContext for Connection {
+    fn on_new_connection(&mut self) -> Action {
+        let Ok(now) = host::now_ms() else {
+            host::log(
+                Level::Warn,
+                &format!(
+                    "redis-idle-guard: connection {}: no host clock; passing through",
+                    self.id
+                ),
+            );
+            stats::add(Metric::Passthrough, 1);
+            return Action::Continue;
+        };
+        let Ok(mut registry) = self.registry.try_borrow_mut() else {
+            return Action::Continue;
+        };
+        let session = Session::new(&registry.config, now);
+        let next = session.next_deadline();
+        registry.sessions.insert(self.id, session);
+        registry.schedule.arm(self.id, next);
+        stats::add(Metric::Connections, 1);
+        Action::Continue
+    }
+
+    fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+        let Ok(now) = host::now_ms() else {
+            return Action::Continue;
+        };
+        let follow = self.with_session(|s| {
+            s.on_client_data(now, &mut HostBuffer::downstream(size));
+            !s.requests_unfollowed()
+        });
+        if follow != Some(true) || end_of_stream {
+            return Action::Continue;
+        }
+        // Pause, but let the bytes go on right after this callback: Envoy then keeps its
+        // pointer to the read buffer, and the root tick can append a PING to it later.
+        match host::continue_downstream() {
+            Ok(()) => Action::Pause,
+            Err(e) => {
+                host::log(
+                    Level::Warn,
+                    &format!(
+                        "redis-idle-guard: connection {}: continue refused ({e:?})",
+                        self.id
+                    ),
+                );
+                self.with_session(Session::host_failed);
+                Action::Continue
+            }
+        }
+    }
+
+    fn on_upstream_data(&mut self, size: usize, _end_of_stream: bool) -> Action {
+        // Never Pause here: Envoy cannot resume the write path.
+        let Ok(now) = host::now_ms() else {
+            return Action::Continue;
+        };
+        self.with_session(|s| s.on_server_data(now, &mut HostBuffer::upstream(size)));
+        Action::Continue
+    }
+
+    fn on_upstream_close(&mut self, peer: PeerType) {
+        if peer != PeerType::Remote {
+            return;
+        }
+        if self.with_session(Session::upstream_closed) == Some(true) {
+            // tcp_proxy closes the client side too; saying so ourselves makes it certain.
+            let _ = host::close_downstream();
+        }
+    }
+}
