@@ -35,6 +35,8 @@ pub enum Command {
     Reset,
     /// Replication streams (SYNC, PSYNC): not request/reply any more.
     Replication,
+    /// QUIT: Redis answers +OK and closes; that close is the client's wish, not a dead link.
+    Quit,
 }
 
 const BLOCKING: &[&[u8]] = &[
@@ -102,6 +104,9 @@ impl Command {
         }
         if is(name, b"MONITOR") {
             return Command::Monitor;
+        }
+        if is(name, b"QUIT") {
+            return Command::Quit;
         }
         if is(name, b"RESET") {
             return Command::Reset;

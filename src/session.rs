@@ -112,6 +112,8 @@ struct Modes {
     subscribed: bool,
     /// Set when a request makes us stop following; applied after the frame loop.
     step_aside: Option<StepAside>,
+    /// The client sent QUIT: the close that follows is not a reconnect signal.
+    quitting: bool,
 }
 
 impl Modes {
@@ -161,6 +163,12 @@ impl Modes {
             Command::Pubsub => self.subscribed = true,
             Command::Monitor => self.step_aside = Some(StepAside::Monitor),
             Command::Replication => self.step_aside = Some(StepAside::Replication),
+            Command::Quit => {
+                self.quitting = true;
+                if replies {
+                    self.queue.push(Expect::Client);
+                }
+            }
             _ if !replies => {}
             Command::Blocking => self.queue.push(Expect::ClientBlocking),
             Command::Multi => {
@@ -322,6 +330,7 @@ impl Session {
                 reply_mode: ReplyMode::On,
                 subscribed: false,
                 step_aside: None,
+                quitting: false,
             },
             follow: Follow::Active,
             closed: false,
@@ -628,7 +637,7 @@ impl Session {
             return false;
         }
         self.closed = true;
-        if self.modes.queue.client_pending() || !self.requests.at_boundary() {
+        if self.modes.quitting || self.modes.queue.client_pending() || !self.requests.at_boundary() {
             return false;
         }
         self.events

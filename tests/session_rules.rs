@@ -326,6 +326,15 @@ fn upstream_close_while_idle_is_a_reconnect_signal() {
 }
 
 #[test]
+fn close_after_quit_is_not_a_reconnect_signal() {
+    let mut w = world();
+    w.client(&cmd(&["QUIT"]));
+    w.server(b"+OK\r\n");
+    assert!(!w.session.upstream_closed());
+    assert!(events(&mut w).is_empty());
+}
+
+#[test]
 fn inline_commands_are_followed() {
     let mut w = world();
     w.client(b"PING\r\nGET a\r\n");
