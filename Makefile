@@ -36,6 +36,7 @@ build: setup-rust
 	@ls -l $(WASM)
 
 lint: setup-rust
+	cargo fmt --check
 	cargo clippy --target $(WASM_TARGET) --release -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 

@@ -637,7 +637,8 @@ impl Session {
             return false;
         }
         self.closed = true;
-        if self.modes.quitting || self.modes.queue.client_pending() || !self.requests.at_boundary() {
+        if self.modes.quitting || self.modes.queue.client_pending() || !self.requests.at_boundary()
+        {
             return false;
         }
         self.events

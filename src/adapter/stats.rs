@@ -62,7 +62,9 @@ fn close_reason(r: CloseReason) -> &'static str {
         CloseReason::InjectionRefused => {
             "host refused the keepalive PING; closing the idle connection before it goes stale"
         }
-        CloseReason::UpstreamClosed => "Redis side closed while the client was idle",
+        CloseReason::UpstreamClosed => {
+            "the Redis side closed (or Envoy closed the connection) while the client was idle"
+        }
     }
 }
 

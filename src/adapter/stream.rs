@@ -104,22 +104,27 @@ impl StreamContext for Connection {
         }
     }
 
-    fn on_upstream_data(&mut self, size: usize, _end_of_stream: bool) -> Action {
+    fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
         // Never Pause here: Envoy cannot resume the write path.
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
-        self.with_session(|s| s.on_server_data(now, &mut HostBuffer::upstream(size)));
+        self.with_session(|s| {
+            s.on_server_data(now, &mut HostBuffer::upstream(size));
+            // Redis's FIN, on its way to the client: tcp_proxy closes the client connection
+            // next. While the client is idle, that close is the reconnect signal.
+            if end_of_stream {
+                s.upstream_closed();
+            }
+        });
         Action::Continue
     }
 
-    fn on_upstream_close(&mut self, peer: PeerType) {
-        if peer != PeerType::Remote {
-            return;
-        }
-        if self.with_session(Session::upstream_closed) == Some(true) {
-            // tcp_proxy closes the client side too; saying so ourselves makes it certain.
-            let _ = host::close_downstream();
+    fn on_downstream_close(&mut self, peer: PeerType) {
+        // Envoy closing the client (tcp_proxy after an upstream reset or its idle timeout) is
+        // seen only here: Envoy 1.40 does not call on_upstream_close for network filters.
+        if peer == PeerType::Local {
+            self.with_session(Session::upstream_closed);
         }
     }
 }
