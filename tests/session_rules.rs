@@ -1,5 +1,10 @@
 //! The session machine's rules, per mode, with a fake clock and Vec-backed buffers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod support;
 
@@ -11,7 +16,10 @@ const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
 const PONG_RESP2_SUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
 
 fn world() -> World {
-    World::new(Config { keepalive_interval: Some(1_000), ping_timeout: 500 })
+    World::new(Config {
+        keepalive_interval: Some(1_000),
+        ping_timeout: 500,
+    })
 }
 
 fn events(w: &mut World) -> Vec<Event> {
@@ -33,8 +41,18 @@ fn keepalive_fires_at_the_interval_not_before_and_one_at_a_time() {
     assert_eq!(w.advance(999), TickAction::None);
     assert_eq!(w.advance(1), TickAction::SendPing);
     let ev = events(&mut w);
-    assert_eq!(ev.iter().filter(|e| matches!(e, Event::KeepaliveSent { .. })).count(), 2);
-    assert_eq!(ev.iter().filter(|e| **e == Event::KeepaliveAnswered).count(), 1);
+    assert_eq!(
+        ev.iter()
+            .filter(|e| matches!(e, Event::KeepaliveSent { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(
+        ev.iter()
+            .filter(|e| **e == Event::KeepaliveAnswered)
+            .count(),
+        1
+    );
 }
 
 #[test]
@@ -48,7 +66,10 @@ fn next_deadline_is_the_keepalive_time() {
 
 #[test]
 fn keepalive_off_never_pings() {
-    let mut w = World::new(Config { keepalive_interval: None, ping_timeout: 500 });
+    let mut w = World::new(Config {
+        keepalive_interval: None,
+        ping_timeout: 500,
+    });
     assert_eq!(w.session.next_deadline(), None);
     assert_eq!(w.advance(1_000_000), TickAction::None);
 }
@@ -105,7 +126,9 @@ fn pong_behind_a_blocked_reply_is_removed_and_not_timed_out() {
     w.server(&replies);
     w.server(PONG);
     assert_eq!(w.to_client, b"*2\r\n$1\r\nq\r\n$1\r\nx\r\n");
-    assert!(!events(&mut w).iter().any(|e| matches!(e, Event::ReconnectSignal(_))));
+    assert!(!events(&mut w)
+        .iter()
+        .any(|e| matches!(e, Event::ReconnectSignal(_))));
 }
 
 #[test]
@@ -211,7 +234,11 @@ fn no_keepalive_while_client_reply_is_off_or_skipping() {
 
     let mut w = world();
     w.client(&cmd(&["CLIENT", "REPLY", "SKIP"]));
-    assert_eq!(w.advance(5_000), TickAction::None, "SKIP pending: the next reply is suppressed");
+    assert_eq!(
+        w.advance(5_000),
+        TickAction::None,
+        "SKIP pending: the next reply is suppressed"
+    );
     w.client(&cmd(&["SET", "a", "1"]));
     // The skipped command has no reply; the connection is idle again.
     assert_eq!(w.advance(1_000), TickAction::SendPing);
@@ -250,7 +277,10 @@ fn hello_error_keeps_the_protocol() {
     w.server(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
     assert_eq!(w.advance(1_000), TickAction::SendPing);
     w.server(PONG_RESP2_SUB);
-    assert_eq!(w.to_client, b"-NOPROTO sorry\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
+    assert_eq!(
+        w.to_client,
+        b"-NOPROTO sorry\r\n*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n"
+    );
 }
 
 #[test]
@@ -268,7 +298,10 @@ fn unexpected_reply_makes_it_step_aside_untouched() {
     w.server(b"-ERR max number of clients reached\r\n");
     assert_eq!(w.to_client, b"-ERR max number of clients reached\r\n");
     assert!(w.session.is_detached());
-    assert!(matches!(events(&mut w).as_slice(), [Event::Passthrough(StepAside::LostTrack(_))]));
+    assert!(matches!(
+        events(&mut w).as_slice(),
+        [Event::Passthrough(StepAside::LostTrack(_))]
+    ));
 }
 
 #[test]
@@ -294,11 +327,17 @@ fn malformed_request_passes_through_and_pending_pong_is_still_removed() {
     let mut w = world();
     assert_eq!(w.advance(1_000), TickAction::SendPing);
     w.client(b"*1\r\n:oops\r\n");
-    assert!(w.to_redis.ends_with(b"*1\r\n:oops\r\n"), "client bytes pass untouched");
+    assert!(
+        w.to_redis.ends_with(b"*1\r\n:oops\r\n"),
+        "client bytes pass untouched"
+    );
     let mut bytes = PONG.to_vec();
     bytes.extend_from_slice(b"-ERR Protocol error: expected '$', got ':'\r\n");
     w.server(&bytes);
-    assert_eq!(w.to_client, b"-ERR Protocol error: expected '$', got ':'\r\n");
+    assert_eq!(
+        w.to_client,
+        b"-ERR Protocol error: expected '$', got ':'\r\n"
+    );
     assert!(w.session.is_detached());
 }
 
@@ -306,7 +345,10 @@ fn malformed_request_passes_through_and_pending_pong_is_still_removed() {
 fn refused_injection_closes_only_an_idle_connection() {
     let mut w = world();
     assert_eq!(w.advance(1_000), TickAction::SendPing);
-    assert_eq!(w.session.ping_refused(w.now), TickAction::Close(CloseReason::InjectionRefused));
+    assert_eq!(
+        w.session.ping_refused(w.now),
+        TickAction::Close(CloseReason::InjectionRefused)
+    );
     let ev = events(&mut w);
     assert!(ev.contains(&Event::KeepaliveRefused));
     assert!(ev.contains(&Event::ReconnectSignal(CloseReason::InjectionRefused)));
@@ -322,7 +364,10 @@ fn upstream_close_while_idle_is_a_reconnect_signal() {
 
     let mut busy = world();
     busy.client(&cmd(&["GET", "a"]));
-    assert!(!busy.session.upstream_closed(), "a command was in flight: not a clean signal");
+    assert!(
+        !busy.session.upstream_closed(),
+        "a command was in flight: not a clean signal"
+    );
 }
 
 #[test]
@@ -368,6 +413,37 @@ fn large_values_are_skipped_not_read() {
     w.client(&cmd(&["GET", "k"]));
     w.server(b"+OK\r\n");
     w.server(&reply);
-    assert!(w.bytes_read < 20_000, "read {} bytes of ~2 MB", w.bytes_read);
+    assert!(
+        w.bytes_read < 20_000,
+        "read {} bytes of ~2 MB",
+        w.bytes_read
+    );
     assert_eq!(w.advance(1_000), TickAction::SendPing);
+}
+
+#[test]
+fn ping_and_its_replies_are_what_redis_protocol_encodes() {
+    use redis_protocol::resp2::{encode::encode, types::OwnedFrame};
+    let bulk = |b: &[u8]| OwnedFrame::BulkString(b.to_vec());
+    let encode = |f: &OwnedFrame| {
+        let mut out = vec![0u8; 256];
+        let n = encode(&mut out, f, false).unwrap();
+        out.truncate(n);
+        out
+    };
+    assert_eq!(
+        encode(&OwnedFrame::Array(vec![
+            bulk(b"PING"),
+            bulk(b"redis-idle-guard")
+        ])),
+        PING
+    );
+    assert_eq!(encode(&bulk(b"redis-idle-guard")), PONG);
+    assert_eq!(
+        encode(&OwnedFrame::Array(vec![
+            bulk(b"pong"),
+            bulk(b"redis-idle-guard")
+        ])),
+        PONG_RESP2_SUB
+    );
 }
