@@ -25,7 +25,14 @@ fn main() {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
     cmd.current_dir(&manifest_dir)
-        .args(["build", "--release", "--lib", "--target", "wasm32-unknown-unknown", "--target-dir"])
+        .args([
+            "build",
+            "--release",
+            "--lib",
+            "--target",
+            "wasm32-unknown-unknown",
+            "--target-dir",
+        ])
         .arg(&target_dir)
         .env("REDIS_IDLE_GUARD_SKIP_WASM", "1");
     // Flags meant for the outer (native) build must not leak into the wasm build.

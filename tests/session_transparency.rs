@@ -1,7 +1,12 @@
 //! Transparency: whatever the traffic, its segmentation and the keepalives, the client receives
 //! exactly what Redis sent for it, and Redis receives exactly the client's bytes plus PINGs
 //! placed only between commands.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
 
 mod support;
 
@@ -20,7 +25,11 @@ enum Op {
     Send(usize),
     /// Redis answers up to `n` queued commands, in `splits`-many segments, possibly with a
     /// RESP3 push in front.
-    Answer { n: usize, splits: Vec<usize>, push: bool },
+    Answer {
+        n: usize,
+        splits: Vec<usize>,
+        push: bool,
+    },
     /// Time passes; a tick runs.
     Wait(u64),
 }
@@ -33,12 +42,21 @@ fn commands() -> Vec<(Vec<u8>, Vec<u8>)> {
         (cmd(&["PING", "redis-idle-guard"]), PONG.to_vec()),
         (cmd(&["PING"]), b"+PONG\r\n".to_vec()),
         // A value that contains our reply's bytes.
-        (cmd(&["GET", "tricky"]), [b"$25\r\nxx".as_slice(), PONG, b"\r\n"].concat()),
-        (cmd(&["LRANGE", "l", "0", "-1"]), b"*3\r\n$1\r\na\r\n*0\r\n:7\r\n".to_vec()),
+        (
+            cmd(&["GET", "tricky"]),
+            [b"$25\r\nxx".as_slice(), PONG, b"\r\n"].concat(),
+        ),
+        (
+            cmd(&["LRANGE", "l", "0", "-1"]),
+            b"*3\r\n$1\r\na\r\n*0\r\n:7\r\n".to_vec(),
+        ),
         (cmd(&["HGETALL", "h"]), b"%1\r\n+f\r\n,1.5\r\n".to_vec()),
         (cmd(&["BADCMD"]), b"-ERR unknown command\r\n".to_vec()),
         (b"GET k\r\n".to_vec(), b"$3\r\nabc\r\n".to_vec()),
-        (cmd(&["BLPOP", "q", "0"]), b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n".to_vec()),
+        (
+            cmd(&["BLPOP", "q", "0"]),
+            b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n".to_vec(),
+        ),
         (cmd(&["GET", "big"]), {
             let mut v = b"$3000\r\n".to_vec();
             v.extend((0..3000).map(|i| (i % 251) as u8));
@@ -60,7 +78,10 @@ fn op() -> impl Strategy<Value = Op> {
 fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
     let table = commands();
     // A ping_timeout longer than any scenario: this test is about bytes, not closes.
-    let mut w = World::new(Config { keepalive_interval: Some(1_000), ping_timeout: 1_000_000 });
+    let mut w = World::new(Config {
+        keepalive_interval: Some(1_000),
+        ping_timeout: 1_000_000,
+    });
     // Replies Redis owes, in wire order; `true` = the filter's.
     let mut owed: VecDeque<(Vec<u8>, bool)> = VecDeque::new();
     let mut expected_client: Vec<u8> = Vec::new();
@@ -88,14 +109,20 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                     owed.push_back((PONG.to_vec(), true));
                 }
             }
-            Op::Answer { n, splits, push: with_push } => {
+            Op::Answer {
+                n,
+                splits,
+                push: with_push,
+            } => {
                 let mut bytes = Vec::new();
                 if resp3 && *with_push {
                     bytes.extend_from_slice(push);
                     expected_client.extend_from_slice(push);
                 }
                 for _ in 0..*n {
-                    let Some((r, ours)) = owed.pop_front() else { break };
+                    let Some((r, ours)) = owed.pop_front() else {
+                        break;
+                    };
                     bytes.extend_from_slice(&r);
                     if !ours {
                         expected_client.extend_from_slice(&r);
@@ -119,9 +146,21 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         }
     }
     w.server(&rest);
-    prop_assert_eq!(&w.to_redis, &expected_redis, "Redis got other bytes than the client's plus PINGs");
-    prop_assert_eq!(&w.to_client, &expected_client, "the client got other bytes than its replies");
-    prop_assert!(!w.session.is_detached(), "stepped aside on valid traffic: {:?}", w.session.take_events());
+    prop_assert_eq!(
+        &w.to_redis,
+        &expected_redis,
+        "Redis got other bytes than the client's plus PINGs"
+    );
+    prop_assert_eq!(
+        &w.to_client,
+        &expected_client,
+        "the client got other bytes than its replies"
+    );
+    prop_assert!(
+        !w.session.is_detached(),
+        "stepped aside on valid traffic: {:?}",
+        w.session.take_events()
+    );
     Ok(())
 }
 
@@ -142,8 +181,20 @@ proptest! {
 #[test]
 fn keepalives_actually_fire_in_these_scenarios() {
     // Guard against a vacuous property: an idle spell between answered commands must PING.
-    let ops = [Op::Send(0), Op::Answer { n: 1, splits: vec![], push: false }, Op::Wait(1_000), Op::Wait(100)];
+    let ops = [
+        Op::Send(0),
+        Op::Answer {
+            n: 1,
+            splits: vec![],
+            push: false,
+        },
+        Op::Wait(1_000),
+        Op::Wait(100),
+    ];
     run(&ops, false).unwrap();
-    let mut w = World::new(Config { keepalive_interval: Some(1_000), ping_timeout: 1_000_000 });
+    let mut w = World::new(Config {
+        keepalive_interval: Some(1_000),
+        ping_timeout: 1_000_000,
+    });
     assert_eq!(w.advance(1_000), TickAction::SendPing);
 }

@@ -51,18 +51,31 @@ pub struct World {
 
 impl World {
     pub fn new(config: Config) -> World {
-        World { session: Session::new(&config, 0), now: 0, to_redis: Vec::new(), mark: 0, to_client: Vec::new(), bytes_read: 0 }
+        World {
+            session: Session::new(&config, 0),
+            now: 0,
+            to_redis: Vec::new(),
+            mark: 0,
+            to_client: Vec::new(),
+            bytes_read: 0,
+        }
     }
 
     pub fn client(&mut self, bytes: &[u8]) {
-        let mut b = VecBuffer { data: bytes.to_vec(), bytes_read: 0 };
+        let mut b = VecBuffer {
+            data: bytes.to_vec(),
+            bytes_read: 0,
+        };
         self.session.on_client_data(self.now, &mut b);
         self.bytes_read += b.bytes_read;
         self.to_redis.extend_from_slice(&b.data);
     }
 
     pub fn server(&mut self, bytes: &[u8]) {
-        let mut b = VecBuffer { data: bytes.to_vec(), bytes_read: 0 };
+        let mut b = VecBuffer {
+            data: bytes.to_vec(),
+            bytes_read: 0,
+        };
         self.session.on_server_data(self.now, &mut b);
         self.bytes_read += b.bytes_read;
         self.to_client.extend_from_slice(&b.data);
