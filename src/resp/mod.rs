@@ -1,0 +1,13 @@
+//! Streaming RESP2/RESP3 framing.
+//!
+//! Our own framer rather than `redis-protocol`'s decoder: that one keeps no state between calls
+//! (an incomplete frame is re-parsed from byte 0, quadratic over many segments), has no nesting
+//! limit (deep input overflows the wasm stack) and rejects inline commands. This one is a byte
+//! state machine that never buffers a payload: bulk bodies are counted, not copied, and the
+//! adapter does not even fetch them from the host (see [`Framer::skippable`]).
+
+mod error;
+mod framer;
+
+pub use error::RespError;
+pub use framer::{Capture, Frame, FrameKind, Framer, Limits, Side, CAPTURE_ITEMS, CAPTURE_LEN};
