@@ -701,9 +701,17 @@ fn skip_never_covers_the_capture_prefix_or_the_crlf() {
 #[ignore]
 fn throughput() {
     let cases: [(&str, Side, Vec<u8>); 3] = [
-        ("small SETs", Side::Request, b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n".repeat(300_000)),
+        (
+            "small SETs",
+            Side::Request,
+            b"*3\r\n$3\r\nSET\r\n$3\r\nkey\r\n$5\r\nvalue\r\n".repeat(300_000),
+        ),
         ("inline PINGs", Side::Request, b"PING\r\n".repeat(1_000_000)),
-        ("RESP3 map replies", Side::Reply, b"%2\r\n+a\r\n:1\r\n$1\r\nb\r\n,1.5\r\n".repeat(300_000)),
+        (
+            "RESP3 map replies",
+            Side::Reply,
+            b"%2\r\n+a\r\n:1\r\n$1\r\nb\r\n,1.5\r\n".repeat(300_000),
+        ),
     ];
     for (name, side, input) in cases {
         let t = std::time::Instant::now();
@@ -713,11 +721,17 @@ fn throughput() {
             f.feed(w, &mut |_| n += 1).unwrap();
         }
         let secs = t.elapsed().as_secs_f64();
-        println!("{name}: {n} frames, {:.0} MB/s", input.len() as f64 / secs / 1e6);
+        println!(
+            "{name}: {n} frames, {:.0} MB/s",
+            input.len() as f64 / secs / 1e6
+        );
     }
     let input = big_bulk(Side::Reply, 100 << 20);
     let t = std::time::Instant::now();
     let ((_, r), skipped) = feed_adapter(Side::Reply, &input, &[16 * 1024]);
     r.unwrap();
-    println!("100 MB bulk via skip: {skipped} skipped in {:?}", t.elapsed());
+    println!(
+        "100 MB bulk via skip: {skipped} skipped in {:?}",
+        t.elapsed()
+    );
 }
