@@ -8,7 +8,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
 
-.PHONY: setup setup-rust setup-apt setup-py build test test-core test-e2e lint demo fuzz clean
+.PHONY: setup setup-rust setup-apt setup-py setup-fuzz build test test-core test-e2e lint demo fuzz fuzz-smoke clean
 
 setup: setup-rust setup-apt setup-py
 
@@ -48,7 +48,22 @@ test-core: setup-rust
 test-e2e: setup build
 	$(PY) -m pytest -q tests/e2e
 
-test: setup lint test-core test-e2e
+# cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.
+FUZZ_ENV := REDIS_IDLE_GUARD_SKIP_WASM=1 RUSTC_BOOTSTRAP=1
+FUZZ_SECONDS ?= 300
+setup-fuzz:
+	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
+
+fuzz: setup-fuzz
+	@mkdir -p tests/fuzz/corpus/framer
+	$(FUZZ_ENV) cargo fuzz run --fuzz-dir tests/fuzz framer tests/fuzz/corpus/framer tests/fuzz/seeds \
+	  -- -dict=tests/fuzz/framer.dict -max_total_time=$(FUZZ_SECONDS)
+
+# A short run on every `make test`: a crash here is a real framer bug.
+fuzz-smoke:
+	$(MAKE) fuzz FUZZ_SECONDS=30
+
+test: setup lint test-core fuzz-smoke test-e2e
 
 demo: setup build
 	$(PY) tests/lab/demo.py --wasm $(WASM)
