@@ -46,7 +46,7 @@ test-core: setup-rust
 
 # Real Envoy + real redis-server + real clients.
 test-e2e: setup build
-	$(PY) -m pytest -q tests/e2e
+	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.
 FUZZ_ENV := REDIS_IDLE_GUARD_SKIP_WASM=1 RUSTC_BOOTSTRAP=1

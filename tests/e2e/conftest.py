@@ -1,0 +1,104 @@
+"""Fixtures for the end-to-end suite: real Envoy 1.40 + real redis-server + redis-py, loopback.
+
+`lab` starts processes for one test and stops them afterwards (also on failure, when it prints
+the tail of each Envoy log). `wasm` is the built filter; tests that need it FAIL (not skip) when
+it is missing, because `make test-e2e` builds it first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS_DIR = Path(__file__).resolve().parents[1]
+if str(TESTS_DIR) not in sys.path:
+    sys.path.insert(0, str(TESTS_DIR))
+
+from lab import EnvoyProxy, RedisServer, default_wasm_path, live_processes, stop_all  # noqa: E402
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, f"rep_{rep.when}", rep)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    leftovers = live_processes()
+    stop_all()
+    if leftovers:
+        print(f"\nlab: stopped processes left running at session end: {leftovers}")
+
+
+@pytest.fixture(scope="session")
+def wasm() -> Path:
+    path = default_wasm_path()
+    if not path.exists():
+        pytest.fail(f"the filter module {path} does not exist: run `make build` "
+                    "(make test-e2e does it)", pytrace=False)
+    return path
+
+
+# Log lines that mean the filter's VM crashed or misbehaved: never acceptable in a passing test.
+VM_FAILURE = re.compile(r"panicked at|Uncaught RuntimeError|Wasm VM failed|wasm trap|"
+                        r"Function: proxy_on_\w+ failed|failed to load", re.IGNORECASE)
+
+# Envoy's startup inventory (extension lists, header maps) and deprecation notices.
+NOISE = re.compile(r"source/server/server\.cc|Deprecated field|runtime: \{|statically linked")
+
+
+class Lab:
+    """Starts lab processes for one test and always stops them."""
+
+    def __init__(self, stack: contextlib.ExitStack):
+        self._stack = stack
+        self.envoys: list[EnvoyProxy] = []
+        self.redises: list[RedisServer] = []
+
+    def redis(self, **kwargs) -> RedisServer:
+        r = self._stack.enter_context(RedisServer(**kwargs))
+        self.redises.append(r)
+        return r
+
+    def envoy(self, upstream, **kwargs) -> EnvoyProxy:
+        e = EnvoyProxy(upstream, **kwargs)
+        self.envoys.append(e)
+        return self._stack.enter_context(e)
+
+    def vm_failures(self) -> list[str]:
+        bad = []
+        for e in self.envoys:
+            if e.with_filter:
+                bad += [f"{e.name}: {line}" for line in e.log_text().splitlines()
+                        if VM_FAILURE.search(line)]
+        return bad
+
+    def dump_logs(self, lines: int = 60) -> None:
+        for e in self.envoys:
+            useful = [ln for ln in e.log_text().splitlines() if not NOISE.search(ln)]
+            tail = "\n".join(useful[-lines:])
+            print(f"\n----- {e!r} log tail ({e.workdir}) -----\n{tail}")
+        for r in self.redises:
+            tail = "\n".join(ln for ln in r.log_text().splitlines()[-8:] if "overcommit" not in ln)
+            print(f"\n----- {r!r} log tail -----\n{tail}")
+
+
+@pytest.fixture
+def lab(request):
+    with contextlib.ExitStack() as stack:
+        the_lab = Lab(stack)
+        try:
+            yield the_lab
+        finally:
+            rep = getattr(request.node, "rep_call", None)
+            if rep is not None and rep.failed:
+                the_lab.dump_logs()
+            failures = the_lab.vm_failures()
+            if failures and rep is not None and rep.passed:
+                pytest.fail("the filter's VM failed during the test:\n" + "\n".join(failures[:20]),
+                            pytrace=False)

