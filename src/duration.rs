@@ -9,6 +9,9 @@ pub fn parse_duration(text: &str) -> Result<Millis, String> {
     if t == "0" {
         return Ok(0);
     }
+    if t.starts_with('-') {
+        return Err(format!("{text:?} is negative"));
+    }
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .ok_or_else(|| format!("{text:?} has no unit (use ms, s, m or h)"))?;

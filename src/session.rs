@@ -27,7 +27,20 @@ use crate::resp::{Frame, FrameKind, Framer, Limits, RespError, Side};
 /// operators can tell the filter's PINGs from the application's).
 pub const PING: &[u8] = b"*2\r\n$4\r\nPING\r\n$16\r\nredis-idle-guard\r\n";
 const PONG_BULK: &[u8] = b"$16\r\nredis-idle-guard\r\n";
+/// What a RESP2 connection in subscribed mode answers instead. Either shape is accepted in a
+/// filter place: after the last UNSUBSCRIBE, Redis answers with the bulk form again.
 const PONG_RESP2_PUBSUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
+
+fn is_filter_reply(bytes: &[u8]) -> bool {
+    bytes == PONG_BULK || bytes == PONG_RESP2_PUBSUB
+}
+
+/// The first bytes of a reply that may still turn out to be the filter's.
+fn may_be_filter_reply(head: &[u8]) -> bool {
+    PONG_BULK.starts_with(head)
+        || PONG_RESP2_PUBSUB.starts_with(head)
+        || matches!(head.first(), Some(b'-' | b'!'))
+}
 /// An error answering our PING (NOAUTH, LOADING, MASTERDOWN…) is short; longer is not ours.
 const MAX_OWN_REPLY: usize = 512;
 /// PINGs that may pile up behind one blocked command (one per interval).
@@ -261,6 +274,8 @@ pub struct Session {
     modes: Modes,
     follow: Follow,
     closed: bool,
+    /// The client sent its FIN.
+    client_gone: bool,
     /// Last byte seen in either direction, the filter's own included.
     last_activity: Millis,
     /// A keepalive was due but not allowed; look again at this time.
@@ -334,6 +349,7 @@ impl Session {
             },
             follow: Follow::Active,
             closed: false,
+            client_gone: false,
             last_activity: now,
             recheck_at: 0,
             ping_clock: None,
@@ -445,14 +461,9 @@ impl Session {
                 break;
             };
             let (s, e) = (s as usize, e as usize);
-            let genuine = is_error || {
-                let expected = if !self.modes.resp3 && self.modes.subscribed {
-                    PONG_RESP2_PUBSUB
-                } else {
-                    PONG_BULK
-                };
-                e - s == expected.len() && buf.read(s, e - s).is_some_and(|b| b == expected)
-            };
+            let genuine = is_error
+                || (e - s <= PONG_RESP2_PUBSUB.len()
+                    && buf.read(s, e - s).is_some_and(|b| is_filter_reply(&b)));
             if !genuine {
                 lost.get_or_insert("a filter place held a reply that is not the filter's");
                 break;
@@ -490,14 +501,7 @@ impl Session {
                 let size = buf.len();
                 if size > s && size - s <= MAX_OWN_REPLY {
                     let head = buf.read(s, size - s).unwrap_or_default();
-                    let expected = if !self.modes.resp3 && self.modes.subscribed {
-                        PONG_RESP2_PUBSUB
-                    } else {
-                        PONG_BULK
-                    };
-                    let maybe_ours = head.len() == size - s
-                        && (expected.starts_with(&head)
-                            || matches!(head.first(), Some(b'-' | b'!')));
+                    let maybe_ours = head.len() == size - s && may_be_filter_reply(&head);
                     if maybe_ours {
                         cuts.push((s, size));
                         self.carry = head;
@@ -547,6 +551,7 @@ impl Session {
         let q = &self.modes.queue;
         self.follow == Follow::Active
             && !self.closed
+            && !self.client_gone
             && self.requests.at_boundary()
             && self.replies.at_boundary()
             && self.carry.is_empty()
@@ -579,6 +584,14 @@ impl Session {
             return TickAction::None;
         }
         if let Some(since) = self.ping_clock {
+            if now >= since + self.ping_timeout && self.modes.queue.client_pending() {
+                // A client command waits behind the unanswered PING. If Redis is only slow,
+                // closing would lose its reply; if the link is dead, the command is lost either
+                // way and the client's own timeout reports it. Count the failure, keep waiting.
+                self.ping_clock = None;
+                self.events.push(Event::KeepaliveFailed);
+                return TickAction::None;
+            }
             if now >= since + self.ping_timeout {
                 self.closed = true;
                 self.events.push(Event::KeepaliveFailed);
@@ -637,13 +650,22 @@ impl Session {
             return false;
         }
         self.closed = true;
-        if self.modes.quitting || self.modes.queue.client_pending() || !self.requests.at_boundary()
+        if self.client_gone
+            || self.modes.quitting
+            || self.modes.queue.client_pending()
+            || !self.requests.at_boundary()
         {
             return false;
         }
         self.events
             .push(Event::ReconnectSignal(CloseReason::UpstreamClosed));
         true
+    }
+
+    /// The client closed its side (its FIN reached the filter). Redis's close that follows is
+    /// the client's doing, not a dead link.
+    pub fn client_closed(&mut self) {
+        self.client_gone = true;
     }
 
     /// The host failed a call the session relies on (e.g. resuming the read): step aside.

@@ -380,6 +380,56 @@ fn close_after_quit_is_not_a_reconnect_signal() {
 }
 
 #[test]
+fn resp2_after_the_last_unsubscribe_the_bulk_reply_is_removed() {
+    let mut w = world();
+    w.client(&cmd(&["SUBSCRIBE", "ch"]));
+    w.server(b"*3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n");
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    w.server(PONG_RESP2_SUB);
+    w.client(&cmd(&["UNSUBSCRIBE", "ch"]));
+    w.server(b"*3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n");
+    // Back in normal mode Redis answers PING <token> with a plain bulk string.
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    w.server(PONG);
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    assert!(w.to_client.ends_with(b":0\r\n$-1\r\n"));
+    assert!(!w.session.is_detached(), "{:?}", events(&mut w));
+}
+
+#[test]
+fn client_close_is_not_a_reconnect_signal() {
+    let mut w = world();
+    w.client(&cmd(&["PING"]));
+    w.server(b"+PONG\r\n");
+    w.session.client_closed();
+    assert!(!w.session.upstream_closed());
+    assert!(events(&mut w).is_empty());
+    assert_eq!(
+        w.advance(10_000),
+        TickAction::None,
+        "no keepalive on a closing connection"
+    );
+}
+
+#[test]
+fn ping_timeout_with_a_command_behind_it_counts_but_does_not_close() {
+    let mut w = world();
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    w.client(&cmd(&["SET", "a", "1"]));
+    assert_eq!(w.advance(500), TickAction::None);
+    let ev = events(&mut w);
+    assert!(ev.contains(&Event::KeepaliveFailed));
+    assert!(!ev.iter().any(|e| matches!(e, Event::ReconnectSignal(_))));
+    // Redis was only slow: both replies arrive, the client gets its own.
+    let mut bytes = PONG.to_vec();
+    bytes.extend_from_slice(b"+OK\r\n");
+    w.server(&bytes);
+    assert_eq!(w.to_client, b"+OK\r\n");
+    assert!(!w.session.is_detached());
+}
+
+#[test]
 fn inline_commands_are_followed() {
     let mut w = world();
     w.client(b"PING\r\nGET a\r\n");

@@ -81,6 +81,9 @@ impl StreamContext for Connection {
         };
         let follow = self.with_session(|s| {
             s.on_client_data(now, &mut HostBuffer::downstream(size));
+            if end_of_stream {
+                s.client_closed();
+            }
             !s.requests_unfollowed()
         });
         if follow != Some(true) || end_of_stream {
@@ -125,6 +128,8 @@ impl StreamContext for Connection {
         // seen only here: Envoy 1.40 does not call on_upstream_close for network filters.
         if peer == PeerType::Local {
             self.with_session(Session::upstream_closed);
+        } else {
+            self.with_session(Session::client_closed);
         }
     }
 }
