@@ -100,3 +100,23 @@ def test_client_close_is_not_a_reconnect_signal(lab, wasm):
     stats = envoy.guard_stats()
     print("filter stats:", stats)
     assert stats.get("reconnect_signals", 0) == 0, stats
+
+
+def test_slow_redis_with_a_command_in_flight_is_not_closed(lab, wasm):
+    """The PING goes unanswered past ping_timeout, but the client has sent a command behind it:
+    Redis may only be slow, and closing would lose that command's reply. The filter counts
+    keepalive.failed and keeps the connection; when Redis resumes, the client gets its reply."""
+    redis = lab.redis(timeout=0)
+    envoy = lab.envoy(redis, wasm=wasm, plugin_config=GUARD)
+    with RawConnection(envoy.address) as c:
+        assert c.command("PING").raw == b"+PONG\r\n"
+        with redis.frozen():
+            time.sleep(1.4)  # idle past keepalive_interval: the filter's PING is out
+            c.send_command("SET", "slow", "1")
+            time.sleep(2.0)  # well past ping_timeout
+        assert c.read_frame(timeout=3).raw == b"+OK\r\n"
+        assert c.command("GET", "slow").raw == b"$1\r\n1\r\n"
+        stats = envoy.guard_stats()
+        print("filter stats:", stats)
+        assert stats["keepalive.failed"] >= 1, stats
+        assert stats["reconnect_signals"] == 0, stats
