@@ -51,13 +51,22 @@ const BLOCKING: &[&[u8]] = &[
     b"WAIT",
     b"WAITAOF",
 ];
-const PUBSUB: &[&[u8]] = &[
-    b"SUBSCRIBE",
-    b"PSUBSCRIBE",
-    b"SSUBSCRIBE",
-    b"UNSUBSCRIBE",
-    b"PUNSUBSCRIBE",
-    b"SUNSUBSCRIBE",
+/// Commands recognised by name alone.
+const BY_NAME: &[(&[u8], Command)] = &[
+    (b"SUBSCRIBE", Command::Pubsub),
+    (b"PSUBSCRIBE", Command::Pubsub),
+    (b"SSUBSCRIBE", Command::Pubsub),
+    (b"UNSUBSCRIBE", Command::Pubsub),
+    (b"PUNSUBSCRIBE", Command::Pubsub),
+    (b"SUNSUBSCRIBE", Command::Pubsub),
+    (b"MULTI", Command::Multi),
+    (b"EXEC", Command::EndMulti),
+    (b"DISCARD", Command::EndMulti),
+    (b"MONITOR", Command::Monitor),
+    (b"QUIT", Command::Quit),
+    (b"RESET", Command::Reset),
+    (b"SYNC", Command::Replication),
+    (b"PSYNC", Command::Replication),
 ];
 
 fn is(word: Option<&[u8]>, name: &[u8]) -> bool {
@@ -93,26 +102,8 @@ impl Command {
                 Command::Plain
             };
         }
-        if is_any(name, PUBSUB) {
-            return Command::Pubsub;
-        }
-        if is(name, b"MULTI") {
-            return Command::Multi;
-        }
-        if is(name, b"EXEC") || is(name, b"DISCARD") {
-            return Command::EndMulti;
-        }
-        if is(name, b"MONITOR") {
-            return Command::Monitor;
-        }
-        if is(name, b"QUIT") {
-            return Command::Quit;
-        }
-        if is(name, b"RESET") {
-            return Command::Reset;
-        }
-        if is(name, b"SYNC") || is(name, b"PSYNC") {
-            return Command::Replication;
+        if let Some(&(_, command)) = BY_NAME.iter().find(|(n, _)| is(name, n)) {
+            return command;
         }
         if is(name, b"HELLO") {
             let version = match capture.item(1) {
@@ -136,5 +127,91 @@ impl Command {
             }
         }
         Command::Plain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resp::{Framer, Limits, Side};
+
+    fn classify(line: &str, in_multi: bool) -> Command {
+        let mut framer = Framer::new(Side::Request, Limits::default());
+        let mut frames = Vec::new();
+        framer
+            .feed(format!("{line}\r\n").as_bytes(), &mut |f| frames.push(f))
+            .unwrap();
+        assert_eq!(frames.len(), 1, "{line}");
+        Command::classify(&frames[0].capture, in_multi)
+    }
+
+    #[test]
+    fn ordinary_commands_are_plain() {
+        for line in [
+            "GET a",
+            "SET a b",
+            "PING",
+            "CLIENT LIST",
+            "CLIENT REPLY",
+            "HGETALL h",
+            "XREAD STREAMS s 0",
+        ] {
+            assert_eq!(classify(line, false), Command::Plain, "{line}");
+        }
+    }
+
+    #[test]
+    fn blocking_commands_block_except_inside_multi() {
+        for line in [
+            "BLPOP q 0",
+            "brpop q 1",
+            "BLMOVE a b LEFT RIGHT 0",
+            "BZPOPMIN z 0",
+            "WAIT 1 0",
+            "XREAD BLOCK 0 STREAMS s $",
+            "XREADGROUP GROUP g c COUNT 1 BLOCK 10 STREAMS s >",
+        ] {
+            assert_eq!(classify(line, false), Command::Blocking, "{line}");
+            assert_eq!(classify(line, true), Command::Plain, "{line} in MULTI");
+        }
+        // BLOCK beyond the captured words: assumed blocking.
+        assert_eq!(
+            classify("XREAD COUNT 1 STREAMS a b c d e f $ $ $ $ $ $", false),
+            Command::Blocking
+        );
+    }
+
+    #[test]
+    fn mode_changing_commands() {
+        assert_eq!(classify("subscribe a b", false), Command::Pubsub);
+        assert_eq!(classify("SUNSUBSCRIBE", false), Command::Pubsub);
+        assert_eq!(classify("MULTI", false), Command::Multi);
+        assert_eq!(classify("exec", false), Command::EndMulti);
+        assert_eq!(classify("DISCARD", false), Command::EndMulti);
+        assert_eq!(classify("MONITOR", false), Command::Monitor);
+        assert_eq!(classify("QUIT", false), Command::Quit);
+        assert_eq!(classify("RESET", false), Command::Reset);
+        assert_eq!(classify("PSYNC ? -1", false), Command::Replication);
+        assert_eq!(classify("HELLO", false), Command::Hello(None));
+        assert_eq!(classify("HELLO 3 AUTH u p", false), Command::Hello(Some(3)));
+        assert_eq!(classify("hello 2", false), Command::Hello(Some(2)));
+        assert_eq!(classify("HELLO 4", false), Command::Hello(Some(0)));
+        assert_eq!(
+            classify("client reply off", false),
+            Command::ClientReply(ReplyMode::Off)
+        );
+        assert_eq!(
+            classify("CLIENT REPLY SKIP", false),
+            Command::ClientReply(ReplyMode::Skip)
+        );
+        assert_eq!(
+            classify("CLIENT REPLY ON", false),
+            Command::ClientReply(ReplyMode::On)
+        );
+        assert_eq!(
+            classify("CLIENT REPLY MAYBE", false),
+            Command::Plain,
+            "an error reply, still one"
+        );
     }
 }
