@@ -276,6 +276,8 @@ pub struct Session {
     closed: bool,
     /// The client sent its FIN.
     client_gone: bool,
+    /// Redis has sent at least one byte: the link was up.
+    upstream_seen: bool,
     /// Last byte seen in either direction, the filter's own included.
     last_activity: Millis,
     /// A keepalive was due but not allowed; look again at this time.
@@ -350,6 +352,7 @@ impl Session {
             follow: Follow::Active,
             closed: false,
             client_gone: false,
+            upstream_seen: false,
             last_activity: now,
             recheck_at: 0,
             ping_clock: None,
@@ -423,6 +426,7 @@ impl Session {
     pub fn on_server_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {
             self.last_activity = now;
+            self.upstream_seen = true;
         }
         if self.follow == Follow::Detached {
             return;
@@ -650,7 +654,9 @@ impl Session {
             return false;
         }
         self.closed = true;
-        if self.client_gone
+        // Never up (Envoy could not connect to Redis): a failed connect, not a dead link.
+        if !self.upstream_seen
+            || self.client_gone
             || self.modes.quitting
             || self.modes.queue.client_pending()
             || !self.requests.at_boundary()

@@ -398,6 +398,16 @@ fn resp2_after_the_last_unsubscribe_the_bulk_reply_is_removed() {
 }
 
 #[test]
+fn a_connection_redis_never_answered_is_not_a_reconnect_signal() {
+    let mut w = world();
+    assert!(
+        !w.session.upstream_closed(),
+        "Envoy could not connect: not a dead idle link"
+    );
+    assert!(events(&mut w).is_empty());
+}
+
+#[test]
 fn client_close_is_not_a_reconnect_signal() {
     let mut w = world();
     w.client(&cmd(&["PING"]));

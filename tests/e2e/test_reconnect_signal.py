@@ -120,3 +120,19 @@ def test_slow_redis_with_a_command_in_flight_is_not_closed(lab, wasm):
         print("filter stats:", stats)
         assert stats["keepalive.failed"] >= 1, stats
         assert stats["reconnect_signals"] == 0, stats
+
+
+def test_redis_down_is_not_a_reconnect_signal(lab, wasm):
+    """Envoy cannot connect to Redis and closes the client: that is a failed connect, not a
+    dead idle link, and must not inflate reconnect_signals."""
+    redis = lab.redis(timeout=0)
+    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "30s"})
+    redis.stop()
+    with RawConnection(envoy.address) as c:
+        c.send_command("PING")
+        waited, got, reset = c.wait_eof(timeout=5)
+        print(f"EOF after {waited:.3f}s (reset={reset})")
+        assert got == b""
+    time.sleep(0.5)
+    stats = envoy.guard_stats()
+    assert stats["reconnect_signals"] == 0, stats
