@@ -355,8 +355,9 @@ impl Framer {
             offset: 0,
             error: None,
             st: St::Byte(Byte::Type),
-            // Allocated once; a hostile max_depth does not make us reserve gigabytes up front.
-            stack: Vec::with_capacity(limits.max_depth.min(1024)),
+            // Grows on demand (bounded by max_depth, checked before each push): most traffic
+            // nests a level or two, and an idle connection should not hold kilobytes.
+            stack: Vec::new(),
             in_frame: false,
             frame_start: 0,
             kind: FrameKind::Null,
