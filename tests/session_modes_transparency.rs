@@ -15,8 +15,8 @@ mod support;
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
-use std::collections::{BTreeSet, VecDeque};
-use support::{cmd, World};
+use std::collections::BTreeSet;
+use support::{cmd, Wire, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
 const PONG_RESP2_SUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
@@ -222,14 +222,12 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         resp3,
         ..Redis::default()
     };
-    // Frames Redis owes, in wire order; `true` = the filter's.
-    let mut owed: VecDeque<(Vec<u8>, bool)> = VecDeque::new();
-    let mut expected_client = Vec::new();
+    let mut wire = Wire::default();
     if resp3 {
         w.client(&cmd(&["HELLO", "3"]));
         let hello = b"%1\r\n$5\r\nproto\r\n:3\r\n".to_vec();
         w.server(&hello);
-        expected_client.extend(hello);
+        wire.expected_client.extend(hello);
     }
     for op in ops {
         match op {
@@ -255,61 +253,25 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 };
                 w.client(&encode(c));
                 for f in redis.client(c) {
-                    owed.push_back((f, false));
+                    wire.owe_client(f);
                 }
             }
             Op::Wait(ms) => {
                 if w.advance(*ms) == TickAction::SendPing {
                     prop_assert_eq!(w.to_redis_since_mark(), PING);
-                    owed.push_back((redis.filter_ping(), true));
+                    wire.owe_filter(redis.filter_ping());
                 }
             }
             Op::Answer { n, splits, message } => {
-                let mut bytes = Vec::new();
-                if *message {
-                    if let Some(m) = redis.message() {
-                        bytes.extend(&m);
-                        expected_client.extend(m);
-                    }
-                }
-                for _ in 0..*n {
-                    let Some((f, ours)) = owed.pop_front() else {
-                        break;
-                    };
-                    bytes.extend(&f);
-                    if !ours {
-                        expected_client.extend(f);
-                    }
-                }
-                let mut cut = 0;
-                for s in splits {
-                    let end = (cut + s).min(bytes.len());
-                    w.server(&bytes[cut..end]);
-                    cut = end;
-                }
-                w.server(&bytes[cut..]);
+                let unsolicited = if *message { redis.message() } else { None };
+                let bytes = wire.answer(unsolicited.as_deref(), *n);
+                w.server_in_pieces(&bytes, splits);
             }
         }
     }
-    let mut rest = Vec::new();
-    for (f, ours) in owed {
-        rest.extend(&f);
-        if !ours {
-            expected_client.extend(f);
-        }
-    }
+    let rest = wire.answer_all();
     w.server(&rest);
-    prop_assert_eq!(
-        &w.to_client,
-        &expected_client,
-        "the client got other bytes than its replies"
-    );
-    prop_assert!(
-        !w.session.is_detached(),
-        "stepped aside on valid traffic: {:?}",
-        w.session.take_events()
-    );
-    Ok(())
+    w.check_transparent(&wire.expected_client)
 }
 
 proptest! {

@@ -13,8 +13,7 @@ mod support;
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
-use std::collections::VecDeque;
-use support::{cmd, World};
+use support::{cmd, Wire, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
 
@@ -82,9 +81,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
     });
-    // Replies Redis owes, in wire order; `true` = the filter's.
-    let mut owed: VecDeque<(Vec<u8>, bool)> = VecDeque::new();
-    let mut expected_client: Vec<u8> = Vec::new();
+    let mut wire = Wire::default();
     let mut expected_redis: Vec<u8> = Vec::new();
     let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
     if resp3 {
@@ -93,7 +90,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         expected_redis.extend_from_slice(&hello);
         let reply = b"%1\r\n$5\r\nproto\r\n:3\r\n".to_vec();
         w.server(&reply);
-        expected_client.extend_from_slice(&reply);
+        wire.expected_client.extend_from_slice(&reply);
     }
     for op in ops {
         match op {
@@ -101,12 +98,12 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 let (c, r) = &table[*i];
                 w.client(c);
                 expected_redis.extend_from_slice(c);
-                owed.push_back((r.clone(), false));
+                wire.owe_client(r.clone());
             }
             Op::Wait(ms) => {
                 if w.advance(*ms) == TickAction::SendPing {
                     expected_redis.extend_from_slice(PING);
-                    owed.push_back((PONG.to_vec(), true));
+                    wire.owe_filter(PONG.to_vec());
                 }
             }
             Op::Answer {
@@ -114,54 +111,21 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 splits,
                 push: with_push,
             } => {
-                let mut bytes = Vec::new();
-                if resp3 && *with_push {
-                    bytes.extend_from_slice(push);
-                    expected_client.extend_from_slice(push);
-                }
-                for _ in 0..*n {
-                    let Some((r, ours)) = owed.pop_front() else {
-                        break;
-                    };
-                    bytes.extend_from_slice(&r);
-                    if !ours {
-                        expected_client.extend_from_slice(&r);
-                    }
-                }
-                let mut cut = 0;
-                for s in splits {
-                    let end = (cut + s).min(bytes.len());
-                    w.server(&bytes[cut..end]);
-                    cut = end;
-                }
-                w.server(&bytes[cut..]);
+                let unsolicited = (resp3 && *with_push).then_some(push.as_slice());
+                let bytes = wire.answer(unsolicited, *n);
+                w.server_in_pieces(&bytes, splits);
             }
         }
     }
     // Redis answers the rest.
-    let rest: Vec<u8> = owed.iter().flat_map(|(r, _)| r.clone()).collect();
-    for (r, ours) in &owed {
-        if !ours {
-            expected_client.extend_from_slice(r);
-        }
-    }
+    let rest = wire.answer_all();
     w.server(&rest);
     prop_assert_eq!(
         &w.to_redis,
         &expected_redis,
         "Redis got other bytes than the client's plus PINGs"
     );
-    prop_assert_eq!(
-        &w.to_client,
-        &expected_client,
-        "the client got other bytes than its replies"
-    );
-    prop_assert!(
-        !w.session.is_detached(),
-        "stepped aside on valid traffic: {:?}",
-        w.session.take_events()
-    );
-    Ok(())
+    w.check_transparent(&wire.expected_client)
 }
 
 proptest! {

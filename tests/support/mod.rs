@@ -98,3 +98,77 @@ impl World {
         &self.to_redis[self.mark..]
     }
 }
+
+/// The reply side of a scripted Redis: frames it owes, in wire order, each marked as the
+/// filter's or the client's, and the bytes the client must end up with.
+#[derive(Default)]
+pub struct Wire {
+    owed: std::collections::VecDeque<(Vec<u8>, bool)>,
+    pub expected_client: Vec<u8>,
+}
+
+impl Wire {
+    pub fn owe_client(&mut self, frame: Vec<u8>) {
+        self.owed.push_back((frame, false));
+    }
+
+    pub fn owe_filter(&mut self, frame: Vec<u8>) {
+        self.owed.push_back((frame, true));
+    }
+
+    /// What Redis puts on the wire next: an unsolicited frame (push, message) if any, then up
+    /// to `n` owed frames. Everything but the filter's replies must reach the client.
+    pub fn answer(&mut self, unsolicited: Option<&[u8]>, n: usize) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        if let Some(f) = unsolicited {
+            bytes.extend_from_slice(f);
+            self.expected_client.extend_from_slice(f);
+        }
+        for _ in 0..n {
+            let Some((f, ours)) = self.owed.pop_front() else {
+                break;
+            };
+            bytes.extend_from_slice(&f);
+            if !ours {
+                self.expected_client.extend_from_slice(&f);
+            }
+        }
+        bytes
+    }
+
+    /// Everything still owed.
+    pub fn answer_all(&mut self) -> Vec<u8> {
+        self.answer(None, usize::MAX)
+    }
+}
+
+impl World {
+    /// Deliver Redis's bytes cut after each of `splits` (relative sizes), then the rest.
+    pub fn server_in_pieces(&mut self, bytes: &[u8], splits: &[usize]) {
+        let mut cut = 0;
+        for s in splits {
+            let end = (cut + s).min(bytes.len());
+            self.server(&bytes[cut..end]);
+            cut = end;
+        }
+        self.server(&bytes[cut..]);
+    }
+
+    /// The client got exactly `expected`, and the filter followed the whole way.
+    pub fn check_transparent(
+        &mut self,
+        expected: &[u8],
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        proptest::prop_assert_eq!(
+            &self.to_client[..],
+            expected,
+            "the client got other bytes than its replies"
+        );
+        proptest::prop_assert!(
+            !self.session.is_detached(),
+            "stepped aside on valid traffic: {:?}",
+            self.session.take_events()
+        );
+        Ok(())
+    }
+}
