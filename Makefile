@@ -40,9 +40,11 @@ lint: setup-rust
 	cargo clippy --target $(WASM_TARGET) --release -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 
-# Native core tests (unit, property, framer-vs-oracle). build.rs also builds the .wasm.
+# Native core tests (unit, property, framer-vs-oracle) and the real .wasm under the wasmtime
+# host (tests/host). build.rs also builds the .wasm. The test profile optimises dependencies
+# (wasmtime) without the release profile's LTO.
 test-core: setup-rust
-	cargo test --release
+	cargo test
 
 # Real Envoy + real redis-server + real clients.
 test-e2e: setup build

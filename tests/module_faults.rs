@@ -1,0 +1,309 @@
+//! The real `.wasm` under the Envoy-faithful host: dead links, closes, bad bytes from either
+//! side, bad configuration, and a host that refuses what the filter asks.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic
+)]
+
+mod host;
+
+use host::{cmd, stat, ConnId, Envoy, Faults, Options, PING, PONG};
+
+/// 1 s keepalive, 500 ms ping_timeout: tick every 50 ms.
+const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "500ms"}"#;
+
+fn warm(e: &mut Envoy) -> ConnId {
+    let c = e.connect();
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.redis_send(c, b"$-1\r\n");
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    assert_eq!(e.take_client(c), b"$-1\r\n");
+    c
+}
+
+#[test]
+fn unanswered_keepalive_closes_the_idle_client_after_ping_timeout() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.advance(1000);
+    assert_eq!(e.take_redis(c), PING);
+    e.advance(499);
+    assert!(e.is_open(c), "closed before ping_timeout");
+    e.advance(1);
+    assert!(!e.is_open(c));
+    assert!(
+        e.client_saw_eof(c),
+        "the client must see the close: it is the reconnect signal"
+    );
+    assert!(e.redis_saw_end(c), "tcp_proxy closes Redis's side too");
+    assert_eq!(
+        e.take_client(c),
+        b"",
+        "the client saw bytes it did not ask for"
+    );
+    assert_eq!(e.stat(stat::FAILED), 1);
+    assert_eq!(e.stat(stat::RECONNECT), 1);
+    assert_eq!(e.stat(stat::CONNECTIONS), 0);
+    assert!(e.log_contains("unanswered"));
+}
+
+#[test]
+fn unanswered_keepalive_with_a_command_behind_it_does_not_close() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.advance(1000);
+    e.take_redis(c);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.advance(2_000);
+    assert!(
+        e.is_open(c),
+        "closing would lose the command's reply if Redis is only slow"
+    );
+    assert_eq!(e.stat(stat::FAILED), 1);
+    e.redis_send(c, &[PONG, b"$1\r\nv\r\n"].concat());
+    assert_eq!(e.take_client(c), b"$1\r\nv\r\n");
+}
+
+#[test]
+fn redis_closing_an_idle_connection_is_passed_on_as_a_reconnect_signal() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.advance(300);
+    e.redis_close(c);
+    assert!(e.client_saw_eof(c));
+    assert!(!e.is_open(c));
+    assert_eq!(e.stat(stat::RECONNECT), 1);
+    assert_eq!(e.take_client(c), b"");
+}
+
+#[test]
+fn redis_reset_of_an_idle_connection_is_a_reconnect_signal() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.redis_reset(c);
+    assert!(e.client_saw_eof(c));
+    assert_eq!(e.stat(stat::RECONNECT), 1);
+}
+
+#[test]
+fn redis_closing_with_a_command_in_flight_is_not_counted_as_a_reconnect_signal() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.redis_close(c);
+    assert!(e.client_saw_eof(c));
+    assert_eq!(e.stat(stat::RECONNECT), 0);
+}
+
+#[test]
+fn quit_and_client_close_are_not_reconnect_signals() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.client_send(c, &cmd(&["QUIT"]));
+    e.redis_send(c, b"+OK\r\n");
+    e.redis_close(c);
+    assert_eq!(e.take_client(c), b"+OK\r\n");
+    let d = warm(&mut e);
+    e.client_close(d);
+    assert!(e.redis_saw_end(d), "the client's FIN reaches Redis");
+    e.redis_close(d);
+    assert!(!e.is_open(d));
+    assert_eq!(e.stat(stat::RECONNECT), 0);
+    assert_eq!(e.stat(stat::CONNECTIONS), 0);
+}
+
+#[test]
+fn bytes_that_are_not_resp_from_the_client_pass_through_untouched() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    let junk = b"*2\r\n$x\r\nGET\r\n\x00\xff garbage";
+    e.client_send(c, junk);
+    assert_eq!(e.take_redis(c), junk);
+    e.redis_send(c, b"-ERR Protocol error\r\n");
+    assert_eq!(e.take_client(c), b"-ERR Protocol error\r\n");
+    assert_eq!(e.stat(stat::PASSTHROUGH), 1);
+    e.advance(10_000);
+    assert_eq!(
+        e.take_redis(c),
+        b"",
+        "no keepalive once the filter stepped aside"
+    );
+    // And everything after flows untouched, including something that looks like our reply.
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.redis_send(c, PONG);
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    assert_eq!(e.take_client(c), PONG);
+    assert!(e.is_open(c));
+}
+
+#[test]
+fn bytes_that_are_not_resp_from_redis_pass_through_untouched() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.take_redis(c);
+    let junk = b"?what is this\r\n";
+    e.redis_send(c, junk);
+    assert_eq!(e.take_client(c), junk);
+    assert_eq!(e.stat(stat::PASSTHROUGH), 1);
+    e.advance(10_000);
+    assert_eq!(e.take_redis(c), b"");
+    assert!(e.is_open(c));
+}
+
+#[test]
+fn a_reply_nobody_asked_for_makes_the_filter_step_aside() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.redis_send(c, b"+OK\r\n");
+    assert_eq!(e.take_client(c), b"+OK\r\n");
+    assert_eq!(e.stat(stat::PASSTHROUGH), 1);
+}
+
+#[test]
+fn bad_config_fails_the_load_and_names_the_field() {
+    for (config, field) in [
+        (r#"{"keepalive_intervl": "1s"}"#, "keepalive_intervl"),
+        (r#"{"keepalive_interval": "soon"}"#, "keepalive_interval"),
+        (r#"{"keepalive_interval": "10ms"}"#, "keepalive_interval"),
+        (r#"{"ping_timeout": -1}"#, "ping_timeout"),
+        (r#"{"ping_timeout": "1ms"}"#, "ping_timeout"),
+    ] {
+        let err = Envoy::load(config)
+            .err()
+            .unwrap_or_else(|| panic!("{config} loaded"));
+        assert_eq!(err.stage, "proxy_on_configure");
+        assert!(
+            err.logs
+                .iter()
+                .any(|l| l.level >= 3 && l.message.contains(field)),
+            "{config}: no error log naming `{field}`: {err}"
+        );
+    }
+    for config in [
+        "",
+        "{}",
+        r#"{"keepalive_interval": "30s", "ping_timeout": "5s"}"#,
+    ] {
+        Envoy::load(config).unwrap_or_else(|e| panic!("{config:?} refused: {e}"));
+    }
+}
+
+#[test]
+fn host_refusing_the_injection_closes_the_idle_connection_instead() {
+    let mut e = Envoy::start(Options {
+        plugin_config: CONFIG.into(),
+        faults: Faults {
+            no_paused_buffer: true,
+            ..Faults::default()
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    let c = warm(&mut e);
+    e.advance(1000);
+    assert_eq!(
+        e.take_redis(c),
+        b"",
+        "nothing can reach Redis without the paused buffer"
+    );
+    assert!(
+        !e.is_open(c),
+        "an idle connection the filter cannot keep alive is closed while idle"
+    );
+    assert!(e.client_saw_eof(c));
+    assert_eq!(e.take_client(c), b"");
+    assert_eq!(e.stat(stat::REFUSED), 1);
+    assert_eq!(e.stat(stat::RECONNECT), 1);
+}
+
+#[test]
+fn a_connection_that_never_sent_a_byte_has_no_paused_buffer_and_is_closed_at_the_interval() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = e.connect();
+    e.advance(1000);
+    assert!(!e.is_open(c));
+    assert_eq!(e.stat(stat::REFUSED), 1);
+}
+
+#[test]
+fn host_refusing_continue_makes_the_filter_step_aside_without_losing_bytes() {
+    let mut e = Envoy::start(Options {
+        plugin_config: CONFIG.into(),
+        faults: Faults {
+            refuse_continue: true,
+            ..Faults::default()
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    let c = e.connect();
+    e.client_send(c, &cmd(&["GET", "k"]));
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    e.redis_send(c, b"$-1\r\n");
+    assert_eq!(e.take_client(c), b"$-1\r\n");
+    assert_eq!(e.stat(stat::PASSTHROUGH), 1);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+}
+
+#[test]
+fn no_host_clock_means_pass_through() {
+    let mut e = Envoy::start(Options {
+        plugin_config: CONFIG.into(),
+        faults: Faults {
+            no_clock: true,
+            ..Faults::default()
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    let c = e.connect();
+    e.client_send(c, &cmd(&["GET", "k"]));
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    e.advance(10_000);
+    assert_eq!(e.take_redis(c), b"");
+    assert!(e.is_open(c));
+}
+
+#[test]
+fn no_stats_still_keeps_connections_alive() {
+    let mut e = Envoy::start(Options {
+        plugin_config: CONFIG.into(),
+        faults: Faults {
+            refuse_metrics: true,
+            ..Faults::default()
+        },
+        ..Options::default()
+    })
+    .unwrap();
+    let c = warm(&mut e);
+    e.advance(1000);
+    assert_eq!(e.take_redis(c), PING);
+    e.redis_send(c, PONG);
+    assert_eq!(e.take_client(c), b"");
+    assert!(e.log_contains("stats disabled"));
+}
+
+#[test]
+fn the_module_uses_only_host_calls_this_host_models() {
+    // Every import is either modelled or traps loudly when called; this lists what the module
+    // declares so a new dependency on the host shows up in review.
+    let imports = host::module_imports();
+    let used: Vec<&str> = imports
+        .iter()
+        .filter(|(_, implemented)| *implemented)
+        .map(|(n, _)| n.as_str())
+        .collect();
+    for needed in [
+        "proxy_get_buffer_bytes",
+        "proxy_set_buffer_bytes",
+        "proxy_continue_stream",
+        "proxy_close_stream",
+        "proxy_set_effective_context",
+    ] {
+        assert!(used.contains(&needed), "{needed} missing from {imports:?}");
+    }
+}
