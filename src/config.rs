@@ -9,6 +9,9 @@ pub struct Config {
     pub keepalive_interval: Option<Millis>,
     /// How long a filter PING may go unanswered before the link is declared dead.
     pub ping_timeout: Millis,
+    /// A client command arriving after this long without a byte from Redis waits for a PING's
+    /// answer first; `None` = off (`"0s"`).
+    pub probe_after: Option<Millis>,
 }
 
 impl Default for Config {
@@ -16,6 +19,7 @@ impl Default for Config {
         Config {
             keepalive_interval: Some(30_000),
             ping_timeout: 5_000,
+            probe_after: Some(60_000),
         }
     }
 }
@@ -37,7 +41,7 @@ impl fmt::Display for ConfigError {
     }
 }
 
-const FIELDS: &[&str] = &["keepalive_interval", "ping_timeout"];
+const FIELDS: &[&str] = &["keepalive_interval", "ping_timeout", "probe_after"];
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -84,6 +88,13 @@ impl Config {
                     }
                     cfg.ping_timeout = ms;
                 }
+                "probe_after" => {
+                    let ms = duration_field(key, value)?;
+                    if ms != 0 && ms < 100 {
+                        return Err(err(key, "must be \"0s\" (off) or at least 100ms"));
+                    }
+                    cfg.probe_after = (ms != 0).then_some(ms);
+                }
                 other => {
                     return Err(err(
                         other,
@@ -100,8 +111,11 @@ impl Config {
         let ka = self
             .keepalive_interval
             .map_or_else(|| "off".to_string(), format_duration);
+        let probe = self
+            .probe_after
+            .map_or_else(|| "off".to_string(), format_duration);
         format!(
-            "keepalive_interval={ka} ping_timeout={}",
+            "keepalive_interval={ka} ping_timeout={} probe_after={probe}",
             format_duration(self.ping_timeout)
         )
     }
@@ -120,21 +134,28 @@ mod tests {
 
     #[test]
     fn reads_fields() {
-        let c = Config::parse(br#"{"keepalive_interval":"1s","ping_timeout":"250ms"}"#).unwrap();
+        let c = Config::parse(
+            br#"{"keepalive_interval":"1s","ping_timeout":"250ms","probe_after":"2m"}"#,
+        )
+        .unwrap();
         assert_eq!(
             c,
             Config {
                 keepalive_interval: Some(1_000),
-                ping_timeout: 250
+                ping_timeout: 250,
+                probe_after: Some(120_000),
             }
         );
-        let off = Config::parse(br#"{"keepalive_interval":"0s"}"#).unwrap();
+        let off = Config::parse(br#"{"keepalive_interval":"0s","probe_after":"0s"}"#).unwrap();
         assert_eq!(off.keepalive_interval, None);
+        assert_eq!(off.probe_after, None);
     }
 
     #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 7] = [
+        let cases: [(&[u8], &str); 9] = [
+            (br#"{"probe_after":"50ms"}"#, "probe_after"),
+            (br#"{"probe_after":true}"#, "probe_after"),
             (br#"{"keepalive_interval":"soon"}"#, "keepalive_interval"),
             (br#"{"keepalive_interval":30}"#, "keepalive_interval"),
             (br#"{"keepalive_interval":"10ms"}"#, "keepalive_interval"),

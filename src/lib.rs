@@ -18,6 +18,7 @@ pub mod command;
 pub mod config;
 pub mod duration;
 pub mod metrics;
+pub mod probe;
 pub mod reply_queue;
 pub mod resp;
 pub mod schedule;

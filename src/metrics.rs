@@ -18,10 +18,14 @@ pub enum Metric {
     Passthrough,
     Connections,
     KeepaliveIdleMs,
+    ProbeHeld,
+    ProbePassed,
+    ProbeFailed,
+    ProbeWaitMs,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 8] = [
+    pub const ALL: [Metric; 12] = [
         Metric::KeepaliveSent,
         Metric::KeepaliveAnswered,
         Metric::KeepaliveFailed,
@@ -30,6 +34,10 @@ impl Metric {
         Metric::Passthrough,
         Metric::Connections,
         Metric::KeepaliveIdleMs,
+        Metric::ProbeHeld,
+        Metric::ProbePassed,
+        Metric::ProbeFailed,
+        Metric::ProbeWaitMs,
     ];
 
     pub fn name(self) -> &'static str {
@@ -42,13 +50,17 @@ impl Metric {
             Metric::Passthrough => "redis_idle_guard.passthrough",
             Metric::Connections => "redis_idle_guard.connections",
             Metric::KeepaliveIdleMs => "redis_idle_guard.keepalive.idle_ms",
+            Metric::ProbeHeld => "redis_idle_guard.probe.held",
+            Metric::ProbePassed => "redis_idle_guard.probe.passed",
+            Metric::ProbeFailed => "redis_idle_guard.probe.failed",
+            Metric::ProbeWaitMs => "redis_idle_guard.probe.wait_ms",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
             Metric::Connections => Kind::Gauge,
-            Metric::KeepaliveIdleMs => Kind::Histogram,
+            Metric::KeepaliveIdleMs | Metric::ProbeWaitMs => Kind::Histogram,
             _ => Kind::Counter,
         }
     }

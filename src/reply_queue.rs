@@ -39,6 +39,21 @@ impl ReplyQueue {
         self.runs.push_back((e, 1));
     }
 
+    /// Put an expectation before everything pending (the probe's PING, which goes out ahead
+    /// of the client bytes it holds back).
+    pub fn push_front(&mut self, e: Expect) {
+        if e == Expect::Filter {
+            self.filter = self.filter.saturating_add(1);
+        }
+        if let Some((first, n)) = self.runs.front_mut() {
+            if *first == e && *n < u32::MAX {
+                *n += 1;
+                return;
+            }
+        }
+        self.runs.push_front((e, 1));
+    }
+
     pub fn front(&self) -> Option<Expect> {
         self.runs.front().map(|(e, _)| *e)
     }

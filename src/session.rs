@@ -20,6 +20,7 @@
 use crate::command::{Command, ReplyMode};
 use crate::config::Config;
 use crate::duration::Millis;
+use crate::probe::{Probe, MAX_HELD};
 use crate::reply_queue::{Expect, ReplyQueue};
 use crate::resp::{Frame, FrameKind, Framer, Limits, RespError, Side};
 
@@ -69,6 +70,9 @@ pub enum CloseReason {
     InjectionRefused,
     /// Redis (or the path) closed the connection while the client was idle.
     UpstreamClosed,
+    /// The probe's PING went unanswered (or could not be followed by the held command): the
+    /// held command was never sent.
+    ProbeFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,12 +90,22 @@ pub enum StepAside {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    KeepaliveSent { idle_ms: Millis },
+    KeepaliveSent {
+        idle_ms: Millis,
+    },
     KeepaliveAnswered,
     KeepaliveFailed,
     KeepaliveRefused,
     ReconnectSignal(CloseReason),
     Passthrough(StepAside),
+    /// A client command is held while the probe's PING goes first.
+    ProbeHeld,
+    /// The probe was answered; the held command went on after `waited_ms`.
+    ProbePassed {
+        waited_ms: Millis,
+    },
+    /// The probe failed; the held command was never sent.
+    ProbeFailed,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -269,6 +283,15 @@ impl ReplyPass<'_> {
 pub struct Session {
     keepalive_interval: Option<Millis>,
     ping_timeout: Millis,
+    probe_after: Option<Millis>,
+    /// Last byte from Redis (or the connection's start): the link's last proof of life.
+    last_upstream: Millis,
+    /// A client command held behind the probe's PING.
+    probe: Option<Probe>,
+    /// Held bytes to put back on the wire now (probe answered, or the filter stepped aside).
+    release: Option<Vec<u8>>,
+    /// A close the adapter must carry out after a data callback.
+    close_now: Option<CloseReason>,
     requests: Framer,
     replies: Framer,
     modes: Modes,
@@ -338,6 +361,11 @@ impl Session {
         Session {
             keepalive_interval: config.keepalive_interval,
             ping_timeout: config.ping_timeout,
+            probe_after: config.probe_after,
+            last_upstream: now,
+            probe: None,
+            release: None,
+            close_now: None,
             requests: Framer::new(Side::Request, Limits::default()),
             replies: Framer::new(Side::Reply, Limits::default()),
             modes: Modes {
@@ -384,6 +412,7 @@ impl Session {
             return;
         }
         self.events.push(Event::Passthrough(why));
+        self.release_held();
         self.follow = if self.modes.queue.filter_pending() > 0 {
             Follow::Draining
         } else {
@@ -397,18 +426,22 @@ impl Session {
         if self.follow != Follow::Detached {
             self.events.push(Event::Passthrough(why));
         }
+        self.release_held();
         self.follow = Follow::Detached;
         self.ping_clock = None;
     }
 
-    /// Client bytes, on their way to Redis. They are never changed.
+    /// Client bytes, on their way to Redis. They are never changed, but they may be held back
+    /// (probe before stale reuse) and put back on the wire, in order, after the probe.
     pub fn on_client_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
         if !buf.is_empty() {
             self.last_activity = now;
         }
-        if self.follow != Follow::Active {
+        if self.follow != Follow::Active || self.closed {
             return;
         }
+        let start_probe =
+            self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD && self.probe_due(now);
         let modes = &mut self.modes;
         let mut sink = |f: Frame| modes.on_command(&f);
         let result = frame_buffer(&mut self.requests, buf, 0, &mut self.req_window, &mut sink);
@@ -420,12 +453,113 @@ impl Session {
             Err(LoopStop::Parse(e)) => self.step_aside(StepAside::RequestParse(e)),
             Err(LoopStop::HostRead) => self.step_aside(StepAside::HostRefused),
         }
+        if self.client_gone {
+            // The client half-closed: its FIN goes on now, so what is held must go before it.
+            self.release_held();
+        }
+        if self.follow == Follow::Active && (self.probe.is_some() || start_probe) {
+            self.hold(now, buf, start_probe);
+        }
+        // Held bytes to put back: in this callback the read buffer is ours to write, and they
+        // go in front of whatever the client sent since.
+        if let Some(held) = self.release.take() {
+            if !buf.replace_prefix(0, &held) {
+                self.fail_probe();
+            }
+        }
+    }
+
+    /// Whether a command arriving now must wait for a probe: the link has been silent for
+    /// `probe_after` and the filter may speak (same rules as for a keepalive, nothing pending).
+    fn probe_due(&self, now: Millis) -> bool {
+        let Some(after) = self.probe_after else {
+            return false;
+        };
+        now.saturating_sub(self.last_upstream) >= after
+            && !self.client_gone
+            && self.modes.queue.is_empty()
+            && self.requests.at_boundary()
+            && self.may_ping()
+    }
+
+    /// Move this read's bytes into the hold; on the first, put the probe's PING in their place.
+    fn hold(&mut self, now: Millis, buf: &mut dyn Buffer, start: bool) {
+        let len = buf.len();
+        let bytes = if len == 0 {
+            Some(Vec::new())
+        } else {
+            buf.read(0, len).filter(|b| b.len() == len)
+        };
+        let Some(bytes) = bytes else {
+            // Nothing was moved yet: the bytes stay where they are, held ones go before them.
+            self.step_aside(StepAside::HostRefused);
+            return;
+        };
+        let replacement: &[u8] = if start { PING } else { b"" };
+        if (len > 0 || start) && !buf.replace_prefix(len, replacement) {
+            self.step_aside(StepAside::HostRefused);
+            return;
+        }
+        if start {
+            // The PING goes out ahead of the client bytes just framed.
+            self.modes.queue.push_front(Expect::Filter);
+            self.ping_clock = Some(now);
+            self.probe = Some(Probe {
+                held: bytes,
+                since: now,
+            });
+            self.events.push(Event::ProbeHeld);
+            return;
+        }
+        let overflow = match self.probe.as_mut() {
+            Some(p) => {
+                p.held.extend_from_slice(&bytes);
+                p.held.len() > MAX_HELD
+            }
+            None => false,
+        };
+        if overflow {
+            // Too much to hold: let it all follow the PING now (order is kept).
+            self.release_held();
+        }
+    }
+
+    /// Stop holding: the held bytes go back on the wire at the next chance.
+    fn release_held(&mut self) {
+        if let Some(p) = self.probe.take() {
+            let release = self.release.get_or_insert_with(Vec::new);
+            release.extend_from_slice(&p.held);
+        }
+    }
+
+    /// Held bytes the adapter must append to the paused read buffer (outside the client's own
+    /// callback) and continue.
+    pub fn take_release(&mut self) -> Option<Vec<u8>> {
+        self.release.take().filter(|b| !b.is_empty())
+    }
+
+    /// A close the adapter must carry out now.
+    pub fn take_close(&mut self) -> Option<CloseReason> {
+        self.close_now.take()
+    }
+
+    /// The held bytes could not be put back: close rather than lose them silently. They were
+    /// never sent, so the client's retry on a new connection is safe.
+    pub fn fail_probe(&mut self) {
+        self.probe = None;
+        self.release = None;
+        if !self.closed {
+            self.closed = true;
+            self.events.push(Event::ProbeFailed);
+            self.close_now = Some(CloseReason::ProbeFailed);
+        }
     }
 
     /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
     pub fn on_server_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {
             self.last_activity = now;
+            self.last_upstream = now;
             self.upstream_seen = true;
         }
         if self.follow == Follow::Detached {
@@ -459,6 +593,7 @@ impl Session {
         // Verify each filter reply and collect what to cut, in buffer positions.
         let mut cuts: Vec<(usize, usize)> = Vec::new();
         let mut lost = lost;
+        let first_answer = self.events.len();
         for (start, end, is_error) in ours {
             let (Some(s), Some(e)) = (start.checked_sub(base), end.checked_sub(base)) else {
                 lost.get_or_insert("a filter reply began in a read already passed on");
@@ -517,6 +652,18 @@ impl Session {
             self.carry.clear();
             self.detach(StepAside::HostRefused);
             return;
+        }
+        // The probe's PING was the first filter reply owed: its answer releases the hold.
+        if answered > 0 {
+            if let Some(p) = self.probe.take() {
+                if self.events.get(first_answer) == Some(&Event::KeepaliveAnswered) {
+                    self.events.remove(first_answer);
+                }
+                self.events.push(Event::ProbePassed {
+                    waited_ms: now.saturating_sub(p.since),
+                });
+                self.release = Some(p.held);
+            }
         }
 
         // The ping clock follows whichever filter PING is now at the front.
@@ -587,6 +734,15 @@ impl Session {
         if self.closed || self.follow == Follow::Detached {
             return TickAction::None;
         }
+        if let Some(p) = &self.probe {
+            if now < p.since + self.ping_timeout {
+                return TickAction::None;
+            }
+            self.probe = None;
+            self.closed = true;
+            self.events.push(Event::ProbeFailed);
+            return TickAction::Close(CloseReason::ProbeFailed);
+        }
         if let Some(since) = self.ping_clock {
             if now >= since + self.ping_timeout && self.modes.queue.client_pending() {
                 // A client command waits behind the unanswered PING. If Redis is only slow,
@@ -654,6 +810,11 @@ impl Session {
             return false;
         }
         self.closed = true;
+        if self.probe.take().is_some() {
+            // The held command was never sent: the client's retry is safe.
+            self.events.push(Event::ProbeFailed);
+            return false;
+        }
         // Never up (Envoy could not connect to Redis): a failed connect, not a dead link.
         if !self.upstream_seen
             || self.client_gone

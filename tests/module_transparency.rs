@@ -20,7 +20,13 @@ use host::{cmd, stat, ConnId, Envoy, PING, PONG, PONG_SUBSCRIBED};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
-const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "1h"}"#;
+const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "1h", "probe_after": "0s"}"#;
+/// Keepalive off and probes after 1.5 s: commands after idle gaps are held behind a PING and
+/// released by its answer.
+const PROBING: &str =
+    r#"{"keepalive_interval": "0s", "ping_timeout": "1h", "probe_after": "1500ms"}"#;
+const PROBE_HELD: &str = "redis_idle_guard.probe.held";
+const PROBE_PASSED: &str = "redis_idle_guard.probe.passed";
 const DEFAULT_SEED: u64 = 0x7265_6469_735f_6964; // "redis_id"
 
 /// SplitMix64: tiny, fast, and the same everywhere.
@@ -63,7 +69,10 @@ fn bulk(v: &[u8]) -> Vec<u8> {
     [format!("${}\r\n", v.len()).as_bytes(), v, b"\r\n"].concat()
 }
 
-fn random_command(rng: &mut Rng, resp3: bool) -> Req {
+/// `probing`: a probe PING goes out ahead of held client bytes, so an application PING with
+/// our token right behind it would make the scripted Redis unable to tell which is which
+/// (its replies are identical; only their place among pushes differs).
+fn random_command(rng: &mut Rng, resp3: bool, probing: bool) -> Req {
     let r = |bytes: Vec<u8>, reply: &[u8]| Req {
         bytes,
         reply: reply.to_vec(),
@@ -78,6 +87,7 @@ fn random_command(rng: &mut Rng, resp3: bool) -> Req {
         2 => r(cmd(&["INCR", "n"]), b":42\r\n"),
         3 => r(cmd(&["PING"]), b"+PONG\r\n"),
         // The application's own PING with our token: identical bytes both ways, and its own.
+        4 if probing => r(cmd(&["PING", "app"]), b"$3\r\napp\r\n"),
         4 => r(cmd(&["PING", "redis-idle-guard"]), PONG),
         // A value containing our reply's bytes.
         5 => r(
@@ -235,6 +245,7 @@ struct Totals {
     pushes: u64,
     subscribers: u64,
     resp3: u64,
+    probes: u64,
 }
 
 /// One scenario's world: the host, the scripted Redis, and what the client must receive.
@@ -267,7 +278,7 @@ impl Run<'_> {
         self.redis.receive(&got)
     }
 
-    fn redis_send(&mut self, wire: Vec<u8>) {
+    fn redis_send(&mut self, wire: Vec<u8>) -> Result<(), String> {
         for piece in cuts(&mut self.rng, &wire) {
             let _ = writeln!(
                 self.log,
@@ -276,7 +287,14 @@ impl Run<'_> {
             );
             self.totals.redis_reads += 1;
             self.e.redis_send(self.c, &piece);
+            // A probe's answer releases the held command to Redis.
+            let got = self.e.take_redis(self.c);
+            if !got.is_empty() {
+                let _ = writeln!(self.log, "  redis got {:?}", String::from_utf8_lossy(&got));
+            }
+            self.redis.receive(&got)?;
         }
+        Ok(())
     }
 
     fn wait(&mut self, ms: u64) -> Result<(), String> {
@@ -302,7 +320,8 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
     } else {
         Kind::Commands
     };
-    let mut e = Envoy::load(CONFIG).unwrap();
+    let probing = rng.chance(30);
+    let mut e = Envoy::load(if probing { PROBING } else { CONFIG }).unwrap();
     let c = e.connect();
     let mut r = Run {
         e,
@@ -317,7 +336,10 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
             pings_seen: 0,
         },
         rng,
-        log: format!("RESP{}, {kind:?}\n", if resp3 { 3 } else { 2 }),
+        log: format!(
+            "RESP{}, {kind:?}, probing {probing}\n",
+            if resp3 { 3 } else { 2 }
+        ),
         expected_client: Vec::new(),
         sent_by_client: 0,
         totals,
@@ -353,7 +375,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
     r.client_send(setup)?;
     let n = r.redis.owed.len();
     let wire = r.redis.answer(n, &mut r.expected_client);
-    r.redis_send(wire);
+    r.redis_send(wire)?;
     r.redis.subscribed = kind == Kind::Subscriber;
 
     let message: &[u8] = if resp3 {
@@ -368,7 +390,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
                 let n = 1 + r.rng.below(4);
                 let reqs: Vec<Req> = (0..n)
                     .map(|_| match kind {
-                        Kind::Commands => random_command(&mut r.rng, resp3),
+                        Kind::Commands => random_command(&mut r.rng, resp3, probing),
                         Kind::Subscriber => Req {
                             bytes: cmd(&["PING"]),
                             reply: if resp3 {
@@ -397,11 +419,11 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
                 }
                 let n = 1 + r.rng.below(4);
                 wire.extend(r.redis.answer(n, &mut r.expected_client));
-                r.redis_send(wire);
+                r.redis_send(wire)?;
             }
             7 => {
                 let wire = r.redis.unblock(&mut r.expected_client);
-                r.redis_send(wire);
+                r.redis_send(wire)?;
             }
             8 | 9 => {
                 let ms = *r.rng.pick(&[50u64, 300, 999, 1000, 1001, 1500, 3000]);
@@ -411,7 +433,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
                 // An idle spell: Redis answers what it can, then nothing happens for a while,
                 // so keepalives go out (and, if Redis is blocked, queue behind the block).
                 let wire = r.redis.answer(usize::MAX, &mut r.expected_client);
-                r.redis_send(wire);
+                r.redis_send(wire)?;
                 let ms = *r.rng.pick(&[1000u64, 1100, 2500, 4000]);
                 r.wait(ms)?;
             }
@@ -421,7 +443,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
     for _ in 0..10 {
         let mut wire = r.redis.unblock(&mut r.expected_client);
         wire.extend(r.redis.answer(usize::MAX, &mut r.expected_client));
-        r.redis_send(wire);
+        r.redis_send(wire)?;
         if r.redis.owed.is_empty() {
             break;
         }
@@ -447,8 +469,8 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
     if !r.e.is_open(r.c) {
         return Err(r.fail("the connection was closed"));
     }
-    let sent = r.e.stat(stat::SENT) as u64;
-    let answered = r.e.stat(stat::ANSWERED) as u64;
+    let sent = (r.e.stat(stat::SENT) + r.e.stat(PROBE_HELD)) as u64;
+    let answered = (r.e.stat(stat::ANSWERED) + r.e.stat(PROBE_PASSED)) as u64;
     if sent != r.redis.pings_seen || answered != sent {
         return Err(r.fail(&format!(
             "stats disagree with the wire: sent {sent}, answered {answered}, Redis saw {}",
@@ -461,6 +483,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
     r.totals.client_bytes += r.sent_by_client;
     r.totals.subscribers += u64::from(kind == Kind::Subscriber);
     r.totals.resp3 += u64::from(resp3);
+    r.totals.probes += r.e.stat(PROBE_HELD) as u64;
     Ok(())
 }
 
@@ -483,10 +506,11 @@ fn client_sees_exactly_its_replies_in_random_scenarios() {
         }
     }
     eprintln!(
-        "{} scenarios in {:.1?}: {} keepalives sent and removed, {} client reads, {} Redis reads, {} client bytes, {} pushes/messages, {} subscribers, {} RESP3",
+        "{} scenarios in {:.1?}: {} PINGs sent and removed ({} of them probes holding a command), {} client reads, {} Redis reads, {} client bytes, {} pushes/messages, {} subscribers, {} RESP3",
         totals.scenarios,
         started.elapsed(),
         totals.keepalives,
+        totals.probes,
         totals.client_reads,
         totals.redis_reads,
         totals.client_bytes,

@@ -217,6 +217,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
     let mut w = World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
+        probe_after: None,
     });
     let mut redis = Redis {
         resp3,

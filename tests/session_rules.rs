@@ -19,6 +19,7 @@ fn world() -> World {
     World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 500,
+        probe_after: None,
     })
 }
 
@@ -69,6 +70,7 @@ fn keepalive_off_never_pings() {
     let mut w = World::new(Config {
         keepalive_interval: None,
         ping_timeout: 500,
+        probe_after: None,
     });
     assert_eq!(w.session.next_deadline(), None);
     assert_eq!(w.advance(1_000_000), TickAction::None);

@@ -80,6 +80,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
     let mut w = World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
+        probe_after: None,
     });
     let mut wire = Wire::default();
     let mut expected_redis: Vec<u8> = Vec::new();
@@ -159,6 +160,7 @@ fn keepalives_actually_fire_in_these_scenarios() {
     let mut w = World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
+        probe_after: None,
     });
     assert_eq!(w.advance(1_000), TickAction::SendPing);
 }

@@ -49,11 +49,14 @@ impl Root {
 }
 
 /// Fine enough to act within a tenth of the shortest timer; coarse enough to cost nothing.
+/// No timer at all when neither keepalives nor probes are on.
 fn tick_period_ms(config: &Config) -> u32 {
-    match config.keepalive_interval {
-        None => 0,
-        Some(interval) => (interval.min(config.ping_timeout) / 10).clamp(10, 1_000) as u32,
-    }
+    let shortest = match (config.keepalive_interval, config.probe_after) {
+        (None, None) => return 0,
+        (Some(interval), _) => interval.min(config.ping_timeout),
+        (None, Some(_)) => config.ping_timeout,
+    };
+    (shortest / 10).clamp(10, 1_000) as u32
 }
 
 impl Context for Root {}

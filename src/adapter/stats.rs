@@ -65,6 +65,9 @@ fn close_reason(r: CloseReason) -> &'static str {
         CloseReason::UpstreamClosed => {
             "the Redis side closed (or Envoy closed the connection) while the client was idle"
         }
+        CloseReason::ProbeFailed => {
+            "the probe PING before a stale reuse went unanswered; the held command was never sent"
+        }
     }
 }
 
@@ -94,6 +97,15 @@ pub fn record_events(connection: u32, events: Vec<Event>) {
             Event::ReconnectSignal(r) => {
                 add(Metric::ReconnectSignals, 1);
                 host::log(Level::Info, &format!("redis-idle-guard: connection {connection}: closing the client connection while idle: {}", close_reason(r)));
+            }
+            Event::ProbeHeld => add(Metric::ProbeHeld, 1),
+            Event::ProbePassed { waited_ms } => {
+                add(Metric::ProbePassed, 1);
+                record(Metric::ProbeWaitMs, waited_ms);
+            }
+            Event::ProbeFailed => {
+                add(Metric::ProbeFailed, 1);
+                host::log(Level::Info, &format!("redis-idle-guard: connection {connection}: closing: the link did not answer the probe within ping_timeout; the held command was never sent"));
             }
             Event::Passthrough(why) => {
                 add(Metric::Passthrough, 1);

@@ -34,6 +34,26 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// A close the session decided inside a data callback (a probe that cannot complete).
+    /// True if the connection is being closed.
+    fn carry_out_close(&self) -> bool {
+        if self.with_session(Session::take_close).flatten().is_none() {
+            return false;
+        }
+        if let Err(e) = host::close_downstream() {
+            host::log(
+                Level::Warn,
+                &format!(
+                    "redis-idle-guard: connection {}: close refused ({e:?})",
+                    self.id
+                ),
+            );
+        }
+        true
+    }
+}
+
 impl Context for Connection {
     fn on_done(&mut self) -> bool {
         if let Ok(mut registry) = self.registry.try_borrow_mut() {
@@ -80,12 +100,18 @@ impl StreamContext for Connection {
             return Action::Continue;
         };
         let follow = self.with_session(|s| {
-            s.on_client_data(now, &mut HostBuffer::downstream(size));
+            // Before the data: bytes held by a probe must go out ahead of the client's FIN.
             if end_of_stream {
                 s.client_closed();
             }
+            s.on_client_data(now, &mut HostBuffer::downstream(size));
             !s.requests_unfollowed()
         });
+        if self.carry_out_close() {
+            // Whatever is in the buffer must not reach Redis without the held bytes before it:
+            // keep it paused; the close discards it.
+            return Action::Pause;
+        }
         if follow != Some(true) || end_of_stream {
             return Action::Continue;
         }
@@ -119,7 +145,17 @@ impl StreamContext for Connection {
             if end_of_stream {
                 s.upstream_closed();
             }
+            // The probe was answered: the held command follows it, through the read buffer
+            // Envoy kept for us (the last on_downstream_data returned Pause).
+            if let Some(held) = s.take_release() {
+                let sent = host::append_downstream(&held).and_then(|()| host::continue_downstream());
+                if let Err(e) = sent {
+                    host::log(Level::Warn, &format!("redis-idle-guard: releasing the held command refused ({e:?}); closing without sending it"));
+                    s.fail_probe();
+                }
+            }
         });
+        self.carry_out_close();
         Action::Continue
     }
 

@@ -1,0 +1,18 @@
+//! Probe before stale reuse. A client command that arrives on a link with no byte from Redis
+//! for `probe_after` is held in module memory; a PING goes out in its place, and the command
+//! follows the PING's answer (appended to the paused read buffer). No answer within
+//! `ping_timeout`, or the upstream fails: the client connection is closed and the command is
+//! never sent, so the application can safely retry it on a new connection.
+
+use crate::duration::Millis;
+
+/// Beyond this many held bytes the filter stops holding and lets them follow the PING at once:
+/// the order on the wire is still right, only the protection for this command is given up.
+pub const MAX_HELD: usize = 64 * 1024;
+
+/// Client bytes held back while the probe's PING is in flight.
+#[derive(Debug)]
+pub struct Probe {
+    pub held: Vec<u8>,
+    pub since: Millis,
+}
