@@ -42,8 +42,9 @@ lint: setup-rust
 
 # Native core tests (unit, property, framer-vs-oracle) and the real .wasm under the wasmtime
 # host (tests/host). build.rs also builds the .wasm. The test profile optimises dependencies
-# (wasmtime) without the release profile's LTO.
-test-core: setup-rust
+# (wasmtime) without the release profile's LTO. tests/envoy_differential.rs also runs the
+# real Envoy from the venv.
+test-core: setup-rust setup-py
 	cargo test
 
 # Real Envoy + real redis-server + real clients.

@@ -438,23 +438,27 @@ impl Envoy {
         self.redis_write(id, bytes, false);
     }
 
-    /// Redis closes the connection (FIN): on_upstream_data with end_of_stream, then
-    /// tcp_proxy closes the client connection (on_downstream_connection_close, Local).
+    /// Redis closes the connection (FIN): on_upstream_data with end_of_stream, and tcp_proxy
+    /// passes the FIN on to the client (it sees EOF). tcp_proxy runs the client connection
+    /// half-closed, so the connection (and the filter's context) lives on until the client
+    /// closes its side too (`client_close` or `client_reset`); only then does Envoy close it.
+    /// Measured against Envoy 1.40 (tests/envoy_differential.rs).
     pub fn redis_close(&mut self, id: ConnId) {
         if !self.conn(id).open || self.conn(id).redis_half_closed {
             return;
         }
         self.conn_mut(id).redis_half_closed = true;
         self.redis_write(id, b"", true);
-        if self.conn(id).client_half_closed {
-            self.close_if_both_halves(id);
-        } else {
-            self.close(id, PEER_LOCAL);
-        }
+        self.close_if_both_halves(id);
     }
 
-    /// Redis's side resets: tcp_proxy closes the client connection, no end_of_stream.
+    /// Redis's side resets: tcp_proxy resets the client connection (the client sees RST, not
+    /// a FIN), no end_of_stream; the filter hears on_downstream_connection_close(Local).
+    /// Measured against Envoy 1.40 (tests/envoy_differential.rs).
     pub fn redis_reset(&mut self, id: ConnId) {
+        if self.conn(id).open {
+            self.conn_mut(id).client_saw_reset = true;
+        }
         self.close(id, PEER_LOCAL);
     }
 
@@ -519,8 +523,15 @@ impl Envoy {
         self.conn(id).open
     }
 
+    /// The client's connection ended: it read EOF (a FIN) or was reset (see
+    /// [`Envoy::client_saw_reset`]).
     pub fn client_saw_eof(&self, id: ConnId) -> bool {
         self.conn(id).client_saw_eof
+    }
+
+    /// The client's connection ended with a reset (RST) rather than a FIN.
+    pub fn client_saw_reset(&self, id: ConnId) -> bool {
+        self.conn(id).client_saw_reset
     }
 
     pub fn redis_saw_end(&self, id: ConnId) -> bool {

@@ -107,9 +107,12 @@ pub struct Conn {
     /// Everything Redis received, and whether it saw the connection end (FIN or close).
     pub to_redis: Vec<u8>,
     pub redis_saw_end: bool,
-    /// Everything the client received, and whether it saw EOF.
+    /// Everything the client received, and whether its connection ended (a FIN, or a reset).
     pub to_client: Vec<u8>,
     pub client_saw_eof: bool,
+    /// The client's connection ended with a reset (RST), not a FIN: Envoy 1.40's tcp_proxy
+    /// passes Redis's reset on to the client.
+    pub client_saw_reset: bool,
     /// Client bytes Envoy discarded because the connection closed while the filter held them.
     pub discarded: Vec<u8>,
     pub client_half_closed: bool,
