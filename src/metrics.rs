@@ -22,10 +22,11 @@ pub enum Metric {
     ProbePassed,
     ProbeFailed,
     ProbeWaitMs,
+    VmMemoryBytes,
 }
 
 impl Metric {
-    pub const ALL: [Metric; 12] = [
+    pub const ALL: [Metric; 13] = [
         Metric::KeepaliveSent,
         Metric::KeepaliveAnswered,
         Metric::KeepaliveFailed,
@@ -38,6 +39,7 @@ impl Metric {
         Metric::ProbePassed,
         Metric::ProbeFailed,
         Metric::ProbeWaitMs,
+        Metric::VmMemoryBytes,
     ];
 
     pub fn name(self) -> &'static str {
@@ -54,12 +56,13 @@ impl Metric {
             Metric::ProbePassed => "redis_idle_guard.probe.passed",
             Metric::ProbeFailed => "redis_idle_guard.probe.failed",
             Metric::ProbeWaitMs => "redis_idle_guard.probe.wait_ms",
+            Metric::VmMemoryBytes => "redis_idle_guard.vm_memory_bytes",
         }
     }
 
     pub fn kind(self) -> Kind {
         match self {
-            Metric::Connections => Kind::Gauge,
+            Metric::Connections | Metric::VmMemoryBytes => Kind::Gauge,
             Metric::KeepaliveIdleMs | Metric::ProbeWaitMs => Kind::Histogram,
             _ => Kind::Counter,
         }

@@ -252,3 +252,12 @@ fn keepalive_off_sends_nothing() {
     assert_eq!(e.take_redis(c), b"");
     assert_eq!(e.stat(stat::SENT), 0);
 }
+
+#[test]
+fn vm_memory_gauge_reports_the_linear_memory() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    warm(&mut e);
+    e.advance(100);
+    let bytes = e.stat("redis_idle_guard.vm_memory_bytes");
+    assert!(bytes >= 65_536 && bytes % 65_536 == 0, "{bytes}");
+}

@@ -48,6 +48,20 @@ impl Root {
     }
 }
 
+thread_local! {
+    static REPORTED_MEMORY: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// Add this VM's linear memory growth to the gauge: with one VM per worker, the gauge is the
+/// sum over workers (a set would show only the last worker that ticked).
+fn report_vm_memory() {
+    let now = (core::arch::wasm32::memory_size(0) as u64) * 65_536;
+    let before = REPORTED_MEMORY.with(|r| r.replace(now));
+    if now != before {
+        stats::add(Metric::VmMemoryBytes, now as i64 - before as i64);
+    }
+}
+
 /// Fine enough to act within a tenth of the shortest timer; coarse enough to cost nothing.
 /// No timer at all when neither keepalives nor probes are on.
 fn tick_period_ms(config: &Config) -> u32 {
@@ -110,6 +124,7 @@ impl RootContext for Root {
     }
 
     fn on_tick(&mut self) {
+        report_vm_memory();
         let Ok(now) = host::now_ms() else { return };
         let Ok(mut guard) = self.registry.try_borrow_mut() else {
             return;
