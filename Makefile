@@ -8,9 +8,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
 
-.PHONY: setup setup-rust setup-apt setup-py setup-fuzz build test test-core test-e2e lint demo fuzz fuzz-smoke clean
+NODE_LAB := tests/lab/node
 
-setup: setup-rust setup-apt setup-py
+.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build test test-core test-e2e lint demo matrix fuzz fuzz-smoke clean
+
+setup: setup-rust setup-apt setup-py setup-node
 
 setup-rust:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || rustup target add $(WASM_TARGET)
@@ -30,6 +32,13 @@ $(VENV)/.installed: tests/requirements.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -r tests/requirements.txt
 	@touch $@
+
+# ioredis, the idle-death matrix's non-Python client, with the machine's Node.js 20 (Debian's
+# nodejs 18 is too old for ioredis 6). The lock file pins it; npm ci reruns only when it changes.
+setup-node: $(NODE_LAB)/node_modules/.package-lock.json
+$(NODE_LAB)/node_modules/.package-lock.json: $(NODE_LAB)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js >= 20) is needed for the matrix's ioredis client"; exit 1; }
+	npm ci --prefix $(NODE_LAB) --no-audit --no-fund --loglevel=error
 
 build: setup-rust
 	cargo build --target $(WASM_TARGET) --release
@@ -68,9 +77,15 @@ fuzz-smoke:
 
 test: setup lint test-core fuzz-smoke test-e2e
 
+# The incident, then the short idle-death matrix (faults × chains × clients).
 demo: setup build
 	$(PY) tests/lab/demo.py --wasm $(WASM)
+	$(PY) tests/lab/matrix.py --short --wasm $(WASM)
+
+# The full matrix: every fault × chain × client, 3 rounds each (a few minutes).
+matrix: setup build
+	$(PY) tests/lab/matrix.py --wasm $(WASM)
 
 clean:
 	cargo clean
-	rm -rf $(VENV) .lab
+	rm -rf $(VENV) .lab $(NODE_LAB)/node_modules

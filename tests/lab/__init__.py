@@ -3,7 +3,9 @@ the end-to-end tests (tests/e2e) and the demo (tests/lab/demo.py).
 
 Every process the lab starts is registered in `lab.procs`; it is stopped by its context manager,
 by an atexit hook, and (if the Python process dies abruptly) by the kernel through
-PR_SET_PDEATHSIG. Only 127.0.0.1 is ever used.
+PR_SET_PDEATHSIG. Only 127.0.0.1 is ever used, plus the private 10.199.0.0/16 addresses of the
+fault lab's network namespaces (faults.py: NAT timeouts, black holes, Redis restarts and stalls
+on the path from Envoy to Redis; matrix.py: the idle-death matrix built on them).
 """
 
 from .procs import LabError, ManagedProcess, lab_dir, live_processes, stop_all

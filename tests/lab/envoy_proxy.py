@@ -17,8 +17,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from .procs import (LOOPBACK, REPO_ROOT, LabError, ManagedProcess, next_instance_number,
-                    unique_workdir, wait_until)
+from .procs import (LOOPBACK, REPO_ROOT, LabError, ManagedProcess, is_lab_address,
+                    next_instance_number, unique_workdir, wait_until)
 
 GUARD_PREFIX = "redis_idle_guard."
 WASMCUSTOM = "wasmcustom."
@@ -109,7 +109,9 @@ class EnvoyProxy:
 
     wasm=None runs plain tcp_proxy (the "before" picture). plugin_config is the filter's JSON
     configuration (dict, or a raw string). idle_timeout is tcp_proxy's idle_timeout (seconds or
-    an Envoy duration string; None keeps Envoy's default of 1 h).
+    an Envoy duration string; None keeps Envoy's default of 1 h). cluster_options are merged
+    into the Redis cluster (e.g. {"upstream_connection_options": {"tcp_keepalive": {...}}}).
+    The upstream is 127.0.0.1 or a fault-lab address behind a router namespace (faults.py).
     """
 
     def __init__(self, upstream: Union[Tuple[str, int], Any], *,
@@ -118,10 +120,11 @@ class EnvoyProxy:
                  idle_timeout: Union[int, float, str, None] = None,
                  concurrency: int = 1, name: Optional[str] = None,
                  log_level: str = "info", component_log_level: Optional[str] = None,
-                 fail_open: bool = True, extra_args: Sequence[str] = ()):
+                 fail_open: bool = True, extra_args: Sequence[str] = (),
+                 cluster_options: Optional[Mapping[str, Any]] = None):
         host, port = upstream if isinstance(upstream, tuple) else upstream.address
-        if host != LOOPBACK:
-            raise LabError(f"the lab only proxies to {LOOPBACK}, not {host}")
+        if not is_lab_address(host):
+            raise LabError(f"the lab only proxies to {LOOPBACK} or lab addresses, not {host}")
         self.upstream = (host, int(port))
         self.wasm = Path(wasm) if wasm is not None else None
         self.plugin_config = plugin_config
@@ -132,6 +135,7 @@ class EnvoyProxy:
         self.component_log_level = component_log_level
         self.fail_open = fail_open
         self.extra_args = list(extra_args)
+        self.cluster_options = dict(cluster_options or {})
         self.workdir: Optional[Path] = None
         self.process: Optional[ManagedProcess] = None
         self.admin_port: Optional[int] = None
@@ -149,6 +153,17 @@ class EnvoyProxy:
             filters.append(wasm_filter_config(self.wasm, self.plugin_config, self.fail_open))
         filters.append(tcp_proxy_config(self.idle_timeout))
         host, port = self.upstream
+        cluster: Dict[str, Any] = {
+            "name": "redis",
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "load_assignment": {
+                "cluster_name": "redis",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                    "socket_address": {"address": host, "port_value": port}}}}]}],
+            },
+        }
+        cluster.update(self.cluster_options)
         return {
             "node": {"id": self.name, "cluster": "redis-idle-guard-lab"},
             "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
@@ -160,16 +175,7 @@ class EnvoyProxy:
                     "address": {"socket_address": {"address": LOOPBACK, "port_value": 0}},
                     "filter_chains": [{"filters": filters}],
                 }],
-                "clusters": [{
-                    "name": "redis",
-                    "type": "STATIC",
-                    "connect_timeout": "1s",
-                    "load_assignment": {
-                        "cluster_name": "redis",
-                        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
-                            "socket_address": {"address": host, "port_value": port}}}}]}],
-                    },
-                }],
+                "clusters": [cluster],
             },
         }
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import ipaddress
 import os
 import shutil
 import signal
@@ -25,6 +26,19 @@ from typing import Callable, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
+# Private addresses of the fault lab's network namespaces (tests/lab/faults.py): the only
+# non-loopback addresses the lab may connect to. Nothing in this range leaves the machine.
+LAB_NETWORK = ipaddress.ip_network("10.199.0.0/16")
+
+
+def is_lab_address(host: str) -> bool:
+    """127.0.0.1, or an address of a fault-lab namespace (never anything off the machine)."""
+    if host == LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host) in LAB_NETWORK
+    except ValueError:
+        return False
 
 _PR_SET_PDEATHSIG = 1
 _live: "set[ManagedProcess]" = set()

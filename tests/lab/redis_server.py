@@ -1,4 +1,5 @@
-"""A throw-away redis-server on 127.0.0.1 with its own port, directory and config."""
+"""A throw-away redis-server with its own port, directory and config: on 127.0.0.1, or on a
+fault-lab address inside a network namespace (tests/lab/faults.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Iterator, Mapping, Optional
 
-from .procs import LOOPBACK, LabError, ManagedProcess, free_port, unique_workdir
+from .procs import LOOPBACK, LabError, ManagedProcess, free_port, is_lab_address, unique_workdir
 
 RESERVED_PORTS = {6379}  # the system redis may run there: never touch it
 
@@ -33,12 +34,18 @@ class RedisServer:
     """
 
     def __init__(self, *, timeout: int = 0, port: Optional[int] = None,
-                 extra_config: Optional[Mapping[str, str]] = None, name: str = "redis"):
+                 extra_config: Optional[Mapping[str, str]] = None, name: str = "redis",
+                 bind: str = LOOPBACK, netns: Optional[str] = None):
+        """bind/netns: run inside that network namespace on that (fault-lab) address, so the
+        path from Envoy to Redis can cross a router namespace (faults.py)."""
+        if not is_lab_address(bind):
+            raise RedisStartError(f"the lab binds Redis only to lab addresses, not {bind}")
         self.timeout = timeout
         self.requested_port = port
         self.extra_config = dict(extra_config or {})
         self.name = name
-        self.host = LOOPBACK
+        self.host = bind
+        self.netns = netns
         self.port: Optional[int] = None
         self.workdir: Optional[Path] = None
         self.process: Optional[ManagedProcess] = None
@@ -46,9 +53,10 @@ class RedisServer:
     # -- lifecycle -------------------------------------------------------------------------
     def _config_text(self, port: int) -> str:
         lines = {
-            "bind": LOOPBACK,
+            "bind": self.host,
             "port": str(port),
-            "protected-mode": "yes",
+            # Inside its own namespace Redis is reachable only through the lab's router.
+            "protected-mode": "yes" if self.netns is None else "no",
             "daemonize": "no",
             "timeout": str(self.timeout),
             "save": '""',
@@ -70,7 +78,10 @@ class RedisServer:
                 continue
             conf = self.workdir / "redis.conf"
             conf.write_text(self._config_text(port))
-            proc = ManagedProcess(f"{self.name}:{port}", [redis_server_binary(), str(conf)],
+            argv = [redis_server_binary(), str(conf)]
+            if self.netns is not None:
+                argv = ["ip", "netns", "exec", self.netns] + argv  # execs: same pid
+            proc = ManagedProcess(f"{self.name}:{port}", argv,
                                   self.workdir / "redis.log", cwd=self.workdir).start()
             self.process, self.port = proc, port
             if self._wait_ready(ready_timeout):
@@ -100,6 +111,14 @@ class RedisServer:
     def stop(self) -> None:
         if self.process is not None:
             self.process.stop()
+
+    def restart(self, ready_timeout: float = 10.0) -> "RedisServer":
+        """Stop (SIGTERM: Redis closes every client) and start again on the same address and
+        port, with an empty dataset: a Redis restart as its clients see it."""
+        port = self.port
+        self.stop()
+        self.requested_port = port
+        return self.start(ready_timeout)
 
     def __enter__(self) -> "RedisServer":
         return self.start() if self.process is None else self

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple, Union
 
-from .procs import LOOPBACK
+from .procs import is_lab_address
 
 Arg = Union[str, bytes, int, float]
 
@@ -138,12 +138,12 @@ class EOFReached(Exception):
 
 
 class RawConnection:
-    """A blocking TCP client to 127.0.0.1 that speaks RESP by hand."""
+    """A blocking TCP client to 127.0.0.1 (or a fault-lab address) that speaks RESP by hand."""
 
     def __init__(self, address: Tuple[str, int], timeout: float = 5.0):
         host, port = address
-        if host != LOOPBACK:
-            raise ValueError("loopback only")
+        if not is_lab_address(host):
+            raise ValueError("loopback or fault-lab addresses only")
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.reader = RespReader()
