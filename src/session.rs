@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::duration::Millis;
 use crate::probe::{Probe, MAX_HELD};
 use crate::reply_queue::{Expect, ReplyQueue};
-use crate::resp::{Frame, FrameKind, Framer, Limits, RespError, Side};
+use crate::resp::{Frame, FrameKind, Framer, ParkedFramer, RespError, Side};
 
 /// The filter's keepalive: `PING redis-idle-guard` (the token shows in MONITOR and SLOWLOG, so
 /// operators can tell the filter's PINGs from the application's).
@@ -292,8 +292,9 @@ pub struct Session {
     release: Option<Vec<u8>>,
     /// A close the adapter must carry out after a data callback.
     close_now: Option<CloseReason>,
-    requests: Framer,
-    replies: Framer,
+    /// Parked between frames: an idle connection holds two offsets, not two framers.
+    requests: ParkedFramer,
+    replies: ParkedFramer,
     modes: Modes,
     follow: Follow,
     closed: bool,
@@ -366,8 +367,8 @@ impl Session {
             probe: None,
             release: None,
             close_now: None,
-            requests: Framer::new(Side::Request, Limits::default()),
-            replies: Framer::new(Side::Reply, Limits::default()),
+            requests: ParkedFramer::new(Side::Request),
+            replies: ParkedFramer::new(Side::Reply),
             modes: Modes {
                 queue: ReplyQueue::default(),
                 resp3: false,
@@ -444,7 +445,10 @@ impl Session {
             self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD && self.probe_due(now);
         let modes = &mut self.modes;
         let mut sink = |f: Frame| modes.on_command(&f);
-        let result = frame_buffer(&mut self.requests, buf, 0, &mut self.req_window, &mut sink);
+        let window = &mut self.req_window;
+        let result = self
+            .requests
+            .with(|f| frame_buffer(f, buf, 0, window, &mut sink));
         if let Some(why) = self.modes.step_aside.take() {
             self.step_aside(why);
         }
@@ -581,13 +585,11 @@ impl Session {
             lost: None,
             last_end: &mut self.reply_frame_end,
         };
-        let result = frame_buffer(
-            &mut self.replies,
-            buf,
-            carried.len(),
-            &mut self.rep_window,
-            &mut |f| pass.on_reply(f),
-        );
+        let window = &mut self.rep_window;
+        let from = carried.len();
+        let result = self
+            .replies
+            .with(|f| frame_buffer(f, buf, from, window, &mut |fr| pass.on_reply(fr)));
         let ReplyPass { ours, lost, .. } = pass;
 
         // Verify each filter reply and collect what to cut, in buffer positions.

@@ -261,3 +261,23 @@ fn vm_memory_gauge_reports_the_linear_memory() {
     let bytes = e.stat("redis_idle_guard.vm_memory_bytes");
     assert!(bytes >= 65_536 && bytes % 65_536 == 0, "{bytes}");
 }
+
+#[test]
+fn vm_memory_per_idle_connection() {
+    // The VM's linear memory only grows, in 64 KiB pages: measure over many connections.
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let warmup: Vec<ConnId> = (0..200).map(|_| warm(&mut e)).collect();
+    e.advance(100);
+    let before = e.stat("redis_idle_guard.vm_memory_bytes");
+    let n = 10_000;
+    let conns: Vec<ConnId> = (0..n).map(|_| warm(&mut e)).collect();
+    e.advance(100);
+    let after = e.stat("redis_idle_guard.vm_memory_bytes");
+    let per = (after - before) as f64 / n as f64;
+    eprintln!(
+        "VM memory per idle connection: {per:.0} bytes ({n} connections, {before} -> {after})"
+    );
+    // Target: at most 512 bytes of VM memory per idle connection (deterministic here).
+    assert!(per <= 512.0, "{per} bytes per idle connection");
+    drop((warmup, conns));
+}

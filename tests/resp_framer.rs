@@ -14,7 +14,7 @@
 
 use proptest::prelude::*;
 use redis_idle_guard::resp::{
-    Frame, FrameKind, Framer, Limits, RespError, Side, CAPTURE_ITEMS, CAPTURE_LEN,
+    Frame, FrameKind, Framer, Limits, ParkedFramer, RespError, Side, CAPTURE_ITEMS, CAPTURE_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -609,6 +609,69 @@ proptest! {
         prop_assert_eq!(&whole.1, &Ok(()));
         check_model(&whole.0, &spans, &want);
         check_splits(Side::Request, &input, &whole, &sizes, &windows, input.len() < 600);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parked framers: many connections sharing one spare framer per side
+
+/// Cut `input` at the given sizes (cycled).
+fn chunks<'a>(input: &'a [u8], sizes: &[usize]) -> Vec<&'a [u8]> {
+    let mut out = Vec::new();
+    let mut rest = input;
+    let mut i = 0;
+    while !rest.is_empty() {
+        let n = sizes[i % sizes.len()].clamp(1, rest.len());
+        let (a, b) = rest.split_at(n);
+        out.push(a);
+        rest = b;
+        i += 1;
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// Three connections' reply streams, their reads interleaved, each framed through its own
+    /// ParkedFramer (all sharing the thread's spare): each sees exactly the frames a framer of
+    /// its own sees.
+    #[test]
+    fn parked_framers_interleaved_frame_like_their_own(
+        streams in prop::collection::vec(prop::collection::vec(resp3_value(), 1..4), 3),
+        sizes in prop::collection::vec(sizes(), 3),
+        reqs in prop::collection::vec(req_strategy(), 1..4),
+    ) {
+        let inputs: Vec<Vec<u8>> = streams.iter().map(|vs| stream_of(vs).0).collect();
+        let mut req_input = Vec::new();
+        for r in &reqs {
+            encode_req(r, &mut req_input);
+        }
+        let mut parked: Vec<ParkedFramer> = (0..3).map(|_| ParkedFramer::new(Side::Reply)).collect();
+        let mut req_parked = ParkedFramer::new(Side::Request);
+        let cut: Vec<Vec<&[u8]>> = inputs.iter().zip(&sizes).map(|(i, s)| chunks(i, s)).collect();
+        let req_cut = chunks(&req_input, &sizes[0]);
+        let mut got: Vec<Vec<Frame>> = vec![Vec::new(); 3];
+        let mut req_got = Vec::new();
+        let longest = cut.iter().map(Vec::len).max().unwrap_or(0).max(req_cut.len());
+        for round in 0..longest {
+            for (k, c) in cut.iter().enumerate() {
+                if let Some(piece) = c.get(round) {
+                    let out = &mut got[k];
+                    parked[k].with(|f| f.feed(piece, &mut |fr| out.push(fr))).unwrap();
+                    prop_assert_eq!(parked[k].at_boundary(), out.last().is_some_and(|l: &Frame| l.end == parked[k].offset()) || parked[k].offset() == 0);
+                }
+            }
+            if let Some(piece) = req_cut.get(round) {
+                req_parked.with(|f| f.feed(piece, &mut |fr| req_got.push(fr))).unwrap();
+            }
+        }
+        for (k, input) in inputs.iter().enumerate() {
+            let whole = feed_whole(Side::Reply, input);
+            prop_assert_eq!(&got[k], &whole.0);
+            prop_assert!(!parked[k].is_unparked(), "a connection kept a framer at a boundary");
+        }
+        prop_assert_eq!(&req_got, &feed_whole(Side::Request, &req_input).0);
     }
 }
 

@@ -17,7 +17,9 @@ use std::rc::Rc;
 /// What a root context and its connections share (one worker thread, no locking needed).
 pub struct Registry {
     pub config: Config,
-    pub sessions: HashMap<u32, Session>,
+    /// Boxed: the table then holds pointers, and its power-of-two growth costs 8 bytes a slot
+    /// instead of a whole Session.
+    pub sessions: HashMap<u32, Box<Session>>,
     pub schedule: Schedule,
 }
 

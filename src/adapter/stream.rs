@@ -89,7 +89,7 @@ impl StreamContext for Connection {
         };
         let session = Session::new(&registry.config, now);
         let next = session.next_deadline();
-        registry.sessions.insert(self.id, session);
+        registry.sessions.insert(self.id, Box::new(session));
         registry.schedule.arm(self.id, next);
         stats::add(Metric::Connections, 1);
         Action::Continue

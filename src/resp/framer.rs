@@ -37,7 +37,7 @@ impl Default for Limits {
 
 /// How many leading items of a top-level frame are captured, and how many bytes of each.
 pub const CAPTURE_ITEMS: usize = 8;
-pub const CAPTURE_LEN: usize = 32;
+pub const CAPTURE_LEN: usize = 16;
 
 /// Header lines (`$123\r\n`, `*2\r\n`, `:42\r\n`) never need more than this: an i64 is at most
 /// 20 characters. Bounded further by `Limits::max_line` when that is smaller.
@@ -139,7 +139,7 @@ impl Capture {
         let take = CAPTURE_LEN.saturating_sub(have).min(bytes.len());
         if let (Some(dst), Some(src)) = (d.get_mut(have..have + take), bytes.get(..take)) {
             dst.copy_from_slice(src);
-            // take <= CAPTURE_LEN (32), fits in u8.
+            // take <= CAPTURE_LEN (16), fits in u8.
             *f = u8::try_from(have + take).unwrap_or(u8::MAX);
         }
     }
@@ -431,6 +431,31 @@ impl Framer {
     /// True between frames: no partial frame pending.
     pub fn at_boundary(&self) -> bool {
         !self.in_frame
+    }
+
+    /// Between frames with nothing carried over: the next byte starts a new frame, so this
+    /// framer is equivalent to a fresh one at the same offset (see [`Framer::restart_at`]).
+    pub fn is_pristine(&self) -> bool {
+        !self.in_frame
+            && self.error.is_none()
+            && self.st == St::Byte(Byte::Type)
+            && self.stack.is_empty()
+            && !self.pending_cr
+            && self.inl == Inl::Between
+            && !self.streamed_str
+    }
+
+    /// Become a fresh framer whose stream starts at `offset` (keeps the depth stack's storage).
+    pub fn restart_at(&mut self, offset: u64) {
+        let mut stack = std::mem::take(&mut self.stack);
+        stack.clear();
+        *self = Framer::new(self.side, self.limits);
+        self.stack = stack;
+        self.offset = offset;
+    }
+
+    pub fn side(&self) -> Side {
+        self.side
     }
 
     /// The error that poisoned this framer, if any.
@@ -1195,7 +1220,10 @@ mod tests {
             "{f:?}"
         );
         assert_eq!(f.capture.count(), count);
-        let want: Vec<Option<Vec<u8>>> = want.iter().map(|w| w.map(<[u8]>::to_vec)).collect();
+        let want: Vec<Option<Vec<u8>>> = want
+            .iter()
+            .map(|w| w.map(|w| w[..w.len().min(CAPTURE_LEN)].to_vec()))
+            .collect();
         assert_eq!(items(&f.capture), want);
         // Padded with the start of the next frame: same frame, not at a boundary.
         let mut padded = input.to_vec();
@@ -1693,7 +1721,7 @@ mod tests {
         let mut f = Framer::new(Side::Reply, Limits::default());
         let mut out = Vec::new();
         f.feed(b"*2\r\n$100\r\n", &mut |fr| out.push(fr)).unwrap();
-        // The first 32 bytes are wanted for the capture.
+        // The first CAPTURE_LEN (16) bytes are wanted for the capture.
         assert_eq!(f.skippable(), 0);
         f.feed(&[b'a'; 10], &mut |fr| out.push(fr)).unwrap();
         assert_eq!(f.skippable(), 0);
@@ -1711,7 +1739,7 @@ mod tests {
         assert_eq!(out[0].end, f.offset());
         assert_eq!(f.offset(), 4 + 6 + 100 + 2 + 4 + 5);
         let mut want = vec![b'a'; 10];
-        want.extend_from_slice(&[b'b'; 22]);
+        want.extend_from_slice(&[b'b'; CAPTURE_LEN - 10]);
         assert_eq!(out[0].capture.item(0), Some(&want[..]));
         assert_eq!(out[0].capture.item_len(0), Some(100));
         assert_eq!(out[0].capture.item(1), Some(&b"xyz"[..]));

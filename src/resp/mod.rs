@@ -8,6 +8,8 @@
 
 mod error;
 mod framer;
+mod parked;
 
 pub use error::RespError;
 pub use framer::{Capture, Frame, FrameKind, Framer, Limits, Side, CAPTURE_ITEMS, CAPTURE_LEN};
+pub use parked::ParkedFramer;

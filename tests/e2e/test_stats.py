@@ -6,9 +6,9 @@ from lab import RawConnection
 from lab.procs import wait_until
 
 COUNTERS = ["keepalive.sent", "keepalive.answered", "keepalive.failed", "keepalive.refused",
-            "reconnect_signals", "passthrough"]
-GAUGES = ["connections"]
-HISTOGRAMS = ["keepalive.idle_ms"]
+            "reconnect_signals", "passthrough", "probe.held", "probe.passed", "probe.failed"]
+GAUGES = ["connections", "vm_memory_bytes"]
+HISTOGRAMS = ["keepalive.idle_ms", "probe.wait_ms"]
 
 
 def prom(name: str) -> str:
@@ -44,6 +44,8 @@ def test_stats_names_and_values(lab, wasm):
             lambda: (s := envoy.prometheus_samples()).get(prom("keepalive.idle_ms") + "_count", 0)
             >= 1 and s, 5, 0.2, "idle_ms histogram samples")
         assert samples[prom("connections")] == 3
+        # One VM per worker plus the main thread's; each at least one 64 KiB page.
+        assert samples[prom("vm_memory_bytes")] >= 65536
         assert samples[prom("keepalive.sent")] >= 3
         assert any(k.startswith(prom("keepalive.idle_ms") + "_bucket") for k in samples)
         assert prom("keepalive.idle_ms") + "_sum" in samples
