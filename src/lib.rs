@@ -16,6 +16,7 @@
 
 pub mod command;
 pub mod config;
+pub mod context_map;
 pub mod duration;
 pub mod metrics;
 pub mod probe;

@@ -5,16 +5,17 @@
 //! path: a popped entry whose connection is not due yet is simply re-armed at its real deadline.
 //! Only a deadline that moves *earlier* than the armed one pushes a new entry.
 
+use crate::context_map::ContextMap;
 use crate::duration::Millis;
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::BinaryHeap;
 
 pub type ConnectionId = u32;
 
 #[derive(Debug, Default)]
 pub struct Schedule {
     heap: BinaryHeap<Reverse<(Millis, ConnectionId)>>,
-    armed: HashMap<ConnectionId, Millis>,
+    armed: ContextMap<Millis>,
 }
 
 impl Schedule {

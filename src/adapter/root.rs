@@ -5,13 +5,13 @@ use super::host::{self, Level};
 use super::stats;
 use super::stream::Connection;
 use crate::config::Config;
+use crate::context_map::ContextMap;
 use crate::metrics::Metric;
 use crate::schedule::Schedule;
 use crate::session::{Session, TickAction, PING};
 use proxy_wasm::traits::{Context, RootContext, StreamContext};
 use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::rc::Rc;
 
 /// What a root context and its connections share (one worker thread, no locking needed).
@@ -19,7 +19,7 @@ pub struct Registry {
     pub config: Config,
     /// Boxed: the table then holds pointers, and its power-of-two growth costs 8 bytes a slot
     /// instead of a whole Session.
-    pub sessions: HashMap<u32, Box<Session>>,
+    pub sessions: ContextMap<Box<Session>>,
     pub schedule: Schedule,
 }
 
@@ -42,7 +42,7 @@ impl Root {
         Root {
             registry: Rc::new(RefCell::new(Registry {
                 config: Config::default(),
-                sessions: HashMap::new(),
+                sessions: ContextMap::default(),
                 schedule: Schedule::default(),
             })),
             due: Vec::new(),
