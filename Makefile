@@ -10,7 +10,7 @@ APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
 
 NODE_LAB := tests/lab/node
 
-.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build test test-core test-e2e lint demo matrix fuzz fuzz-smoke clean
+.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build test test-core test-e2e lint demo matrix bench fuzz fuzz-smoke clean
 
 setup: setup-rust setup-apt setup-py setup-node
 
@@ -59,6 +59,14 @@ test-core: setup-rust setup-py
 # Real Envoy + real redis-server + real clients.
 test-e2e: setup build
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+
+# What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, the filter (defaults;
+# keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request; latency
+# at a fixed rate; wasm instructions per request (wasmtime fuel); then 10,000 idle connections
+# through one Envoy worker. Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
+bench: setup-rust setup-apt setup-py build
+	$(PY) tests/bench/bench.py --wasm $(WASM) $(BENCH_ARGS)
+	$(PY) tests/bench/scale.py --wasm $(WASM) $(BENCH_ARGS)
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.
 FUZZ_ENV := REDIS_IDLE_GUARD_SKIP_WASM=1 RUSTC_BOOTSTRAP=1

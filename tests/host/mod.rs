@@ -39,20 +39,36 @@ struct Compiled {
     pre: InstancePre<State>,
 }
 
+fn compile(engine: Engine) -> Compiled {
+    let module = Module::from_file(&engine, wasm_path())
+        .unwrap_or_else(|e| panic!("compiling {}: {e:?}", wasm_path()));
+    let mut linker = Linker::new(&engine);
+    abi::link(&mut linker, &module).expect("linking the host calls");
+    let pre = linker
+        .instantiate_pre(&module)
+        .expect("the module imports something that is not env.*");
+    Compiled { engine, pre }
+}
+
 fn compiled() -> &'static Compiled {
     static COMPILED: OnceLock<Compiled> = OnceLock::new();
+    COMPILED.get_or_init(|| compile(Engine::default()))
+}
+
+/// The same module compiled by an engine that counts fuel (about one unit per wasm
+/// instruction), for [`Options::fuel`]. Compiled only when a test asks for it: fuel checks make
+/// the code slower, so the default path does not use them.
+fn compiled_with_fuel() -> &'static Compiled {
+    static COMPILED: OnceLock<Compiled> = OnceLock::new();
     COMPILED.get_or_init(|| {
-        let engine = Engine::default();
-        let module = Module::from_file(&engine, wasm_path())
-            .unwrap_or_else(|e| panic!("compiling {}: {e:?}", wasm_path()));
-        let mut linker = Linker::new(&engine);
-        abi::link(&mut linker, &module).expect("linking the host calls");
-        let pre = linker
-            .instantiate_pre(&module)
-            .expect("the module imports something that is not env.*");
-        Compiled { engine, pre }
+        let mut config = wasmtime::Config::new();
+        config.consume_fuel(true);
+        compile(Engine::new(&config).expect("an engine with fuel"))
     })
 }
+
+/// The fuel an [`Options::fuel`] store starts with: far more than any test uses.
+const FUEL_BUDGET: u64 = 1 << 62;
 
 /// The imports the module declares, and which of them this host implements.
 pub fn module_imports() -> Vec<(String, bool)> {
@@ -83,6 +99,9 @@ pub struct Options {
     pub plugin_config: String,
     pub vm_config: String,
     pub faults: Faults,
+    /// Count the wasm instructions the module executes ([`Envoy::fuel_used`]), with a second
+    /// engine that has wasmtime's fuel on (compiled on first use). Off by default.
+    pub fuel: bool,
 }
 
 /// Envoy refused the plugin: the VM did not start or `on_configure` returned false.
@@ -116,6 +135,7 @@ pub struct Envoy {
     store: Store<State>,
     x: Exports,
     next_client_port: u16,
+    fuel: bool,
 }
 
 impl Envoy {
@@ -133,7 +153,11 @@ impl Envoy {
     }
 
     pub fn start(options: Options) -> Result<Envoy, LoadError> {
-        let c = compiled();
+        let c = if options.fuel {
+            compiled_with_fuel()
+        } else {
+            compiled()
+        };
         let mut store = Store::new(
             &c.engine,
             State::new(
@@ -142,6 +166,9 @@ impl Envoy {
                 options.faults,
             ),
         );
+        if options.fuel {
+            store.set_fuel(FUEL_BUDGET).expect("setting fuel");
+        }
         let instance = c
             .pre
             .instantiate(&mut store)
@@ -183,6 +210,7 @@ impl Envoy {
             store,
             x,
             next_client_port: 40_000,
+            fuel: options.fuel,
         };
         let vm_size = envoy.store.data().vm_config.len() as i32;
         let plugin_size = envoy.store.data().plugin_config.len() as i32;
@@ -593,6 +621,15 @@ impl Envoy {
 
     pub fn log_contains(&self, needle: &str) -> bool {
         self.logs().iter().any(|l| l.message.contains(needle))
+    }
+
+    /// Fuel the module has used since the store was created (instantiation and
+    /// `on_vm_start`/`on_configure` included): about one unit per wasm instruction executed,
+    /// in the module and in the `malloc` the host calls to hand it bytes; host calls themselves
+    /// cost nothing. Take differences around the calls to measure. Needs [`Options::fuel`].
+    pub fn fuel_used(&self) -> u64 {
+        assert!(self.fuel, "fuel_used() needs Options {{ fuel: true, .. }}");
+        FUEL_BUDGET - self.store.get_fuel().expect("fuel is on")
     }
 
     pub fn host_calls(&self) -> &BTreeMap<&'static str, u64> {
