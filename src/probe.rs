@@ -10,9 +10,12 @@ use crate::duration::Millis;
 /// the order on the wire is still right, only the protection for this command is given up.
 pub const MAX_HELD: usize = 64 * 1024;
 
-/// Client bytes held back while the probe's PING is in flight.
+/// A probe PING in flight, and the client bytes held back behind it.
 #[derive(Debug)]
 pub struct Probe {
     pub held: Vec<u8>,
     pub since: Millis,
+    /// False once the bytes were let go early (too many, or the filter stepped aside): the
+    /// probe still ends as passed or failed, but a failure can no longer keep the command back.
+    pub holding: bool,
 }

@@ -288,6 +288,8 @@ pub struct Session {
     last_upstream: Millis,
     /// A client command held behind the probe's PING.
     probe: Option<Probe>,
+    /// The client has sent a byte (so Envoy can keep its read buffer paused for us).
+    client_seen: bool,
     /// Held bytes to put back on the wire now (probe answered, or the filter stepped aside).
     release: Option<Vec<u8>>,
     /// A close the adapter must carry out after a data callback.
@@ -365,6 +367,7 @@ impl Session {
             probe_after: config.probe_after,
             last_upstream: now,
             probe: None,
+            client_seen: false,
             release: None,
             close_now: None,
             requests: ParkedFramer::new(Side::Request),
@@ -441,6 +444,9 @@ impl Session {
         if self.follow != Follow::Active || self.closed {
             return;
         }
+        if !buf.is_empty() {
+            self.client_seen = true;
+        }
         let start_probe =
             self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD && self.probe_due(now);
         let modes = &mut self.modes;
@@ -461,7 +467,8 @@ impl Session {
             // The client half-closed: its FIN goes on now, so what is held must go before it.
             self.release_held();
         }
-        if self.follow == Follow::Active && (self.probe.is_some() || start_probe) {
+        let holding = self.probe.as_ref().is_some_and(|p| p.holding);
+        if self.follow == Follow::Active && (holding || start_probe) {
             self.hold(now, buf, start_probe);
         }
         // Held bytes to put back: in this callback the read buffer is ours to write, and they
@@ -511,6 +518,7 @@ impl Session {
             self.probe = Some(Probe {
                 held: bytes,
                 since: now,
+                holding: true,
             });
             self.events.push(Event::ProbeHeld);
             return;
@@ -528,11 +536,15 @@ impl Session {
         }
     }
 
-    /// Stop holding: the held bytes go back on the wire at the next chance.
+    /// Stop holding: the held bytes go back on the wire at the next chance. The probe's PING
+    /// is still out; its answer (or silence) still decides the probe.
     fn release_held(&mut self) {
-        if let Some(p) = self.probe.take() {
-            let release = self.release.get_or_insert_with(Vec::new);
-            release.extend_from_slice(&p.held);
+        if let Some(p) = self.probe.as_mut().filter(|p| p.holding) {
+            p.holding = false;
+            let held = std::mem::take(&mut p.held);
+            self.release
+                .get_or_insert_with(Vec::new)
+                .extend_from_slice(&held);
         }
     }
 
@@ -664,7 +676,11 @@ impl Session {
                 self.events.push(Event::ProbePassed {
                     waited_ms: now.saturating_sub(p.since),
                 });
-                self.release = Some(p.held);
+                if !p.held.is_empty() {
+                    self.release
+                        .get_or_insert_with(Vec::new)
+                        .extend_from_slice(&p.held);
+                }
             }
         }
 
@@ -740,9 +756,16 @@ impl Session {
             if now < p.since + self.ping_timeout {
                 return TickAction::None;
             }
+            let holding = p.holding;
             self.probe = None;
-            self.closed = true;
             self.events.push(Event::ProbeFailed);
+            if !holding {
+                // The command already went out behind the PING: as with any unanswered PING
+                // that has a command behind it, the client's own timeout speaks.
+                self.ping_clock = None;
+                return TickAction::None;
+            }
+            self.closed = true;
             return TickAction::Close(CloseReason::ProbeFailed);
         }
         if let Some(since) = self.ping_clock {
@@ -769,6 +792,13 @@ impl Session {
             || now < self.last_activity + interval
             || now < self.recheck_at
         {
+            return TickAction::None;
+        }
+        if !self.client_seen && self.probe_after.is_some() {
+            // No byte from the client yet, so Envoy holds no paused read buffer to carry a
+            // PING. Its first command will be probed if the link has been silent that long:
+            // nothing to do, and no reason to close a connection a pool opened ahead of use.
+            self.recheck_at = now + interval;
             return TickAction::None;
         }
         if self.may_ping() {

@@ -29,7 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const CONFIG: &str = r#"{"keepalive_interval": "500ms", "ping_timeout": "1s"}"#;
+/// Probes off here: these scripts are about keepalives (and the fallback for a connection that
+/// never sent a byte, which with probes on is left to the probe).
+const CONFIG: &str =
+    r#"{"keepalive_interval": "500ms", "ping_timeout": "1s", "probe_after": "0s"}"#;
 const STAT_PREFIX: &str = "redis_idle_guard.";
 /// The VMs' memory: Envoy runs one VM per worker plus one on the main thread, the host one.
 /// A property of the host process, not of the filter's behaviour: not compared.
@@ -981,6 +984,26 @@ fn probe_scenarios() -> Vec<Scenario> {
                 redis: Some([get(), PING.to_vec(), incr.clone(), set.clone()].concat()),
                 client_end: Some(End::Open),
                 stats: vec![("probe.held", 1), ("probe.passed", 1)],
+            },
+        },
+        Scenario {
+            // Opened ahead of use and silent: its first command is held behind a probe, and the
+            // release goes through the read buffer paused by that very first read.
+            name: "a_connection_whose_first_command_comes_late_is_probed",
+            steps: vec![
+                Wait(1_300),
+                client(&incr),
+                Wait(200),
+                redis(PONG),
+                Wait(200),
+                redis(b":1\r\n"),
+                Wait(100),
+            ],
+            expect: Expect {
+                client: Some(b":1\r\n".to_vec()),
+                redis: Some([PING.to_vec(), incr.clone()].concat()),
+                client_end: Some(End::Open),
+                stats: vec![("probe.held", 1), ("probe.passed", 1), ("connections", 1)],
             },
         },
         Scenario {

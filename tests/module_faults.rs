@@ -227,12 +227,46 @@ fn host_refusing_the_injection_closes_the_idle_connection_instead() {
 }
 
 #[test]
-fn a_connection_that_never_sent_a_byte_has_no_paused_buffer_and_is_closed_at_the_interval() {
-    let mut e = Envoy::load(CONFIG).unwrap();
+fn a_connection_that_never_sent_a_byte_is_closed_at_the_interval_when_probes_are_off() {
+    // No paused read buffer to carry a PING, and no probe to guard its first command: the
+    // fallback closes it while idle, before it can go stale.
+    let mut e = Envoy::load(
+        r#"{"keepalive_interval": "1s", "ping_timeout": "500ms", "probe_after": "0s"}"#,
+    )
+    .unwrap();
     let c = e.connect();
     e.advance(1000);
     assert!(!e.is_open(c));
     assert_eq!(e.stat(stat::REFUSED), 1);
+    assert_eq!(e.stat(stat::RECONNECT), 1);
+}
+
+#[test]
+fn a_connection_that_never_sent_a_byte_is_kept_and_its_first_command_probed() {
+    // A pool that opens connections ahead of use: no churn; the probe guards the first use.
+    let mut e = Envoy::load(
+        r#"{"keepalive_interval": "1s", "ping_timeout": "500ms", "probe_after": "3s"}"#,
+    )
+    .unwrap();
+    let c = e.connect();
+    e.advance(10_000);
+    assert!(e.is_open(c));
+    assert_eq!(e.stat(stat::REFUSED), 0);
+    assert_eq!(e.take_redis(c), b"");
+    e.client_send(c, &cmd(&["GET", "k"]));
+    assert_eq!(
+        e.take_redis(c),
+        PING,
+        "a first command after a long silence is probed"
+    );
+    e.redis_send(c, PONG);
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    e.redis_send(c, b"$-1\r\n");
+    assert_eq!(e.take_client(c), b"$-1\r\n");
+    assert_eq!(e.stat("redis_idle_guard.probe.passed"), 1);
+    // From now on the paused buffer exists: ordinary keepalives.
+    e.advance(1000);
+    assert_eq!(e.take_redis(c), PING);
 }
 
 #[test]

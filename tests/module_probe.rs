@@ -196,6 +196,25 @@ fn a_huge_pipeline_is_not_held_but_follows_the_ping() {
     );
     e.redis_send(c, &[PONG, b"+OK\r\n+OK\r\n"].concat());
     assert_eq!(e.take_client(c), b"+OK\r\n+OK\r\n");
+    // The probe itself still completes: its PING was answered.
+    assert_eq!(e.stat(PROBE_HELD), 1);
+    assert_eq!(e.stat(PROBE_PASSED), 1);
+}
+
+#[test]
+fn a_probe_that_let_its_bytes_go_early_fails_without_closing() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    e.advance(10_000);
+    e.client_send(c, &cmd(&["SET", "k", "v"]));
+    e.client_send(c, &cmd(&["SET", "big", &"x".repeat(70_000)]));
+    e.take_redis(c);
+    e.advance(600);
+    // The commands are on the wire already: closing would only lose their replies.
+    assert!(e.is_open(c));
+    assert_eq!(e.stat(PROBE_FAILED), 1);
+    e.redis_send(c, &[PONG, b"+OK\r\n+OK\r\n"].concat());
+    assert_eq!(e.take_client(c), b"+OK\r\n+OK\r\n");
 }
 
 #[test]

@@ -195,12 +195,12 @@ def test_leaving_subscribed_mode(redis_envoy, protocol, leave):
     assert stats.get("passthrough", 0) == 0, stats
 
 
-def test_never_used_connection(redis_envoy):
-    """A client that connects and sends nothing: Envoy cannot inject into a connection whose
-    read path the filter has not held yet, so the documented fallback applies: the injection is
-    refused and the idle client is closed cleanly (FIN, no bytes). Pools that pre-open
-    connections without sending anything (e.g. minIdle) see these closes every interval."""
-    redis, envoy = redis_envoy
+def test_never_used_connection_with_probes_off(lab, wasm):
+    """A client that connects and sends nothing: Envoy holds no paused read buffer for it, so no
+    PING can be injected. With probes off, the documented fallback applies: the idle client is
+    closed cleanly (FIN, no bytes) at keepalive_interval."""
+    redis = lab.redis()
+    envoy = lab.envoy(redis, wasm=wasm, plugin_config={**FAST, "probe_after": "0s"})
     with RawConnection(envoy.address) as c:
         waited, got, reset = c.wait_eof(3)
         print(f"never-used connection closed after {waited:.2f}s (reset={reset})")
@@ -210,6 +210,22 @@ def test_never_used_connection(redis_envoy):
     with RawConnection(envoy.address) as c:
         assert c.command("PING").raw == b"+PONG\r\n"
         assert c.expect_silence(IDLE) == b""
+
+
+def test_never_used_connection_is_kept_and_probed(lab, wasm):
+    """With probes on (the default), a connection a pool opened ahead of use is left alone,
+    and its first command, if it comes after probe_after, waits for a PING's answer."""
+    redis = lab.redis()
+    envoy = lab.envoy(redis, wasm=wasm, plugin_config={**FAST, "probe_after": "1s"})
+    with RawConnection(envoy.address) as c:
+        assert c.expect_silence(2.0) == b"", "the filter closed or wrote to an unused connection"
+        assert c.command("INCR", "first").raw == b":1\r\n"
+        assert c.expect_silence(IDLE) == b""
+    stats = envoy.guard_stats()
+    print("filter stats:", stats)
+    assert stats.get("keepalive.refused", 0) == 0 and stats.get("reconnect_signals", 0) == 0, stats
+    assert stats["probe.held"] == 1 and stats["probe.passed"] == 1, stats
+    assert redis.direct().get("first") == b"1"
 
 
 def test_protocol_switches_and_reset(redis_envoy):
