@@ -384,6 +384,22 @@ impl Framer {
         }
         let mut rest = input;
         while !rest.is_empty() {
+            // Whole common frames in one go; anything else, or anything cut short, goes
+            // through the byte state machine below, which gives the same frames.
+            if self.is_pristine() {
+                if let Some((n, kind, capture)) = self.whole_frame(rest) {
+                    let start = self.offset;
+                    self.offset = self.offset.saturating_add(n as u64);
+                    sink(Frame {
+                        start,
+                        end: self.offset,
+                        kind,
+                        capture,
+                    });
+                    rest = rest.get(n..).unwrap_or_default();
+                    continue;
+                }
+            }
             match self.step(rest, sink) {
                 // step consumes at least one byte of a non-empty input.
                 Ok(n) => rest = rest.get(n.max(1)..).unwrap_or_default(),
@@ -394,6 +410,73 @@ impl Framer {
             }
         }
         Ok(())
+    }
+
+    /// The fast path: a complete command made of bulk strings (`*N` then N `$L`), or a
+    /// complete `+`, `-`, `:` or `$` reply, entirely inside `input`, in canonical form (no
+    /// signs, no leading zeros, bounded sizes). Returns the bytes it spans, its kind and
+    /// capture; None sends the frame to the state machine (which accepts everything this
+    /// accepts, with the same result: checked by the property tests at every split point).
+    fn whole_frame(&self, input: &[u8]) -> Option<(usize, FrameKind, Capture)> {
+        let mut cap = Capture::EMPTY;
+        match (self.side, *input.first()?) {
+            (Side::Request, b'*') => {
+                let (n, mut pos) = canonical_count(input, 1)?;
+                if n == 0 || n > 1024 {
+                    return None;
+                }
+                cap.count = n;
+                for i in 0..n as usize {
+                    if input.get(pos) != Some(&b'$') {
+                        return None;
+                    }
+                    let (payload, next) = bulk_payload(input, pos + 1)?;
+                    if i < CAPTURE_ITEMS {
+                        cap.open(i, payload.len() as u64);
+                        cap.push(i, payload);
+                    }
+                    pos = next;
+                }
+                Some((pos, FrameKind::Command, cap))
+            }
+            (Side::Reply, b'$') => {
+                if input.starts_with(b"$-1\r\n") {
+                    return Some((5, FrameKind::Null, cap));
+                }
+                let (payload, next) = bulk_payload(input, 1)?;
+                cap.count = 1;
+                cap.open(0, payload.len() as u64);
+                cap.push(0, payload);
+                Some((next, FrameKind::Bulk, cap))
+            }
+            (Side::Reply, ty @ (b'+' | b'-' | b':')) => {
+                let body = input.get(1..)?;
+                let cr = memchr(b'\r', body.get(..body.len().min(SHORT_LINE))?)?;
+                let text = body.get(..cr)?;
+                if body.get(cr + 1) != Some(&b'\n') || memchr(b'\n', text).is_some() {
+                    return None;
+                }
+                let kind = match ty {
+                    b'+' => FrameKind::Simple,
+                    b'-' => FrameKind::Error,
+                    _ => {
+                        // Integers only as plain digits; signs and odd forms take the slow path.
+                        if canonical_count(input, 1)?.1 != cr + 3 {
+                            return None;
+                        }
+                        FrameKind::Number
+                    }
+                };
+                if cr + 3 > self.limits.max_line {
+                    return None;
+                }
+                cap.count = 1;
+                cap.open(0, text.len() as u64);
+                cap.push(0, text);
+                Some((cr + 3, kind, cap))
+            }
+            _ => None,
+        }
     }
 
     /// Bytes the framer would consume without looking at them (the rest of a bulk payload, not
@@ -447,6 +530,11 @@ impl Framer {
 
     /// Become a fresh framer whose stream starts at `offset` (keeps the depth stack's storage).
     pub fn restart_at(&mut self, offset: u64) {
+        if self.is_pristine() {
+            // Nothing carried over (the usual case for a parked spare): only the offset moves.
+            self.offset = offset;
+            return;
+        }
         let mut stack = std::mem::take(&mut self.stack);
         stack.clear();
         *self = Framer::new(self.side, self.limits);
@@ -1134,6 +1222,50 @@ fn expect_lf(b: u8) -> Result<(), RespError> {
     } else {
         Err(RespError::ExpectedCrlf)
     }
+}
+
+/// Simple lines the fast path takes (longer ones are framed byte by byte).
+const SHORT_LINE: usize = 1024;
+
+/// A canonical count or length at `pos` (1 to 9 digits, no sign, no leading zero) and its CRLF:
+/// the value and the position after the CRLF.
+fn canonical_count(input: &[u8], pos: usize) -> Option<(u64, usize)> {
+    let mut value: u64 = 0;
+    let mut end = pos;
+    while let Some(&d) = input.get(end) {
+        if !d.is_ascii_digit() {
+            break;
+        }
+        value = value * 10 + u64::from(d - b'0');
+        end += 1;
+        if end - pos > 9 {
+            return None;
+        }
+    }
+    let digits = end - pos;
+    if digits == 0 || (digits > 1 && input.get(pos) == Some(&b'0')) {
+        return None;
+    }
+    if input.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((value, end + 2))
+}
+
+/// A bulk string's length header at `pos` (after the `$`), its payload and CRLF, all present:
+/// the payload and the position after it.
+fn bulk_payload(input: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+    let (len, start) = canonical_count(input, pos)?;
+    // Redis's proto-max-bulk-len default; the state machine judges anything bigger.
+    if len > 512 * 1024 * 1024 {
+        return None;
+    }
+    let end = start.checked_add(usize::try_from(len).ok()?)?;
+    let payload = input.get(start..end)?;
+    if input.get(end..end + 2)? != b"\r\n" {
+        return None;
+    }
+    Some((payload, end + 2))
 }
 
 fn is_scalar(ty: u8) -> bool {
