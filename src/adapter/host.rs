@@ -1,6 +1,6 @@
 //! The proxy-wasm host calls the filter makes, declared raw so that every status is ours to
-//! handle: the SDK's helpers (`set_buffer`, `resume_downstream`, `close_downstream`, its logger…)
-//! panic on a non-Ok status, and a panic traps the VM and every connection on that worker.
+//! handle (the Rust SDK's helpers panic on a non-Ok status, and a panic traps the VM and every
+//! connection on that worker; the filter does not use the SDK at all).
 
 use crate::session::Buffer;
 
@@ -18,9 +18,8 @@ const STATUS_OK: u32 = 0;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Refused(pub u32);
 
-// The SDK declares some of these with its own enum types; ours take and return plain u32 so
-// that an unexpected status from the host is a value to check, not undefined behaviour.
-#[allow(clashing_extern_declarations)]
+// Plain u32 statuses and enums, so that an unexpected value from the host is a value to check,
+// not undefined behaviour.
 #[link(wasm_import_module = "env")]
 extern "C" {
     fn proxy_log(level: u32, message_data: *const u8, message_size: usize) -> u32;

@@ -1,11 +1,8 @@
 //! The proxy-wasm glue: the only code that talks to the host. It turns host callbacks into
 //! calls on the sans-IO [`Session`](crate::session::Session) and carries out what it decides.
 
+mod exports;
 mod host;
 mod root;
 mod stats;
 mod stream;
-
-proxy_wasm::main! {{
-    proxy_wasm::set_root_context(|context_id| Box::new(root::Root::new(context_id)));
-}}

@@ -9,8 +9,6 @@ use crate::context_map::ContextMap;
 use crate::metrics::Metric;
 use crate::schedule::Schedule;
 use crate::session::{Session, TickAction, PING};
-use proxy_wasm::traits::{Context, RootContext, StreamContext};
-use proxy_wasm::types::ContextType;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -75,15 +73,13 @@ fn tick_period_ms(config: &Config) -> u32 {
     (shortest / 10).clamp(10, 1_000) as u32
 }
 
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
+impl Root {
+    pub fn on_vm_start(&mut self, _size: usize) -> bool {
         stats::define_all();
         true
     }
 
-    fn on_configure(&mut self, size: usize) -> bool {
+    pub fn on_configure(&mut self, size: usize) -> bool {
         stats::define_all();
         let bytes = match host::plugin_configuration(size) {
             Ok(b) => b,
@@ -125,7 +121,7 @@ impl RootContext for Root {
         true
     }
 
-    fn on_tick(&mut self) {
+    pub fn on_tick(&mut self) {
         report_vm_memory();
         let Ok(now) = host::now_ms() else { return };
         let Ok(mut guard) = self.registry.try_borrow_mut() else {
@@ -174,14 +170,7 @@ impl RootContext for Root {
         }
     }
 
-    fn create_stream_context(&self, context_id: u32) -> Option<Box<dyn StreamContext>> {
-        Some(Box::new(Connection::new(
-            context_id,
-            Rc::clone(&self.registry),
-        )))
-    }
-
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::StreamContext)
+    pub fn new_connection(&self, context_id: u32) -> Connection {
+        Connection::new(context_id, Rc::clone(&self.registry))
     }
 }

@@ -5,8 +5,6 @@ use super::root::Registry;
 use super::stats;
 use crate::metrics::Metric;
 use crate::session::Session;
-use proxy_wasm::traits::{Context, StreamContext};
-use proxy_wasm::types::{Action, PeerType};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -54,8 +52,19 @@ impl Connection {
     }
 }
 
-impl Context for Connection {
-    fn on_done(&mut self) -> bool {
+/// What a data callback tells Envoy (proxy-wasm ABI 0.2.1 `Action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub enum Action {
+    Continue = 0,
+    Pause = 1,
+}
+
+/// proxy-wasm `PeerType` for a connection close: who closed it.
+pub const PEER_LOCAL: u32 = 1;
+
+impl Connection {
+    pub fn on_done(&mut self) -> bool {
         if let Ok(mut registry) = self.registry.try_borrow_mut() {
             registry.remove(self.id);
         }
@@ -71,8 +80,8 @@ impl Drop for Connection {
     }
 }
 
-impl StreamContext for Connection {
-    fn on_new_connection(&mut self) -> Action {
+impl Connection {
+    pub fn on_new_connection(&mut self) -> Action {
         let Ok(now) = host::now_ms() else {
             host::log(
                 Level::Warn,
@@ -95,7 +104,7 @@ impl StreamContext for Connection {
         Action::Continue
     }
 
-    fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+    pub fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
@@ -133,7 +142,7 @@ impl StreamContext for Connection {
         }
     }
 
-    fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+    pub fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
         // Never Pause here: Envoy cannot resume the write path.
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
@@ -159,10 +168,10 @@ impl StreamContext for Connection {
         Action::Continue
     }
 
-    fn on_downstream_close(&mut self, peer: PeerType) {
+    pub fn on_downstream_close(&mut self, peer: u32) {
         // Envoy closing the client (tcp_proxy after an upstream reset or its idle timeout) is
         // seen only here: Envoy 1.40 does not call on_upstream_close for network filters.
-        if peer == PeerType::Local {
+        if peer == PEER_LOCAL {
             self.with_session(Session::upstream_closed);
         } else {
             self.with_session(Session::client_closed);
