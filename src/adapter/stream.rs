@@ -4,7 +4,7 @@ use super::host::{self, HostBuffer, Level};
 use super::root::Registry;
 use super::stats;
 use crate::metrics::Metric;
-use crate::session::Session;
+use crate::session::{CloseReason, Session};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -30,13 +30,11 @@ impl Connection {
         registry.schedule.arm(self.id, next);
         Some(result)
     }
-}
 
-impl Connection {
-    /// A close the session decided inside a data callback (a probe that cannot complete).
-    /// True if the connection is being closed.
-    fn carry_out_close(&self) -> bool {
-        if self.with_session(Session::take_close).flatten().is_none() {
+    /// Carry out a close the session decided inside a data callback (a probe that cannot
+    /// complete). True if the connection is being closed.
+    fn carry_out_close(&self, close: Option<CloseReason>) -> bool {
+        if close.is_none() {
             return false;
         }
         if let Err(e) = host::close_downstream() {
@@ -108,15 +106,16 @@ impl Connection {
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
-        let follow = self.with_session(|s| {
+        let outcome = self.with_session(|s| {
             // Before the data: bytes held by a probe must go out ahead of the client's FIN.
             if end_of_stream {
                 s.client_closed();
             }
             s.on_client_data(now, &mut HostBuffer::downstream(size));
-            !s.requests_unfollowed()
+            (!s.requests_unfollowed(), s.take_close())
         });
-        if self.carry_out_close() {
+        let (follow, close) = outcome.map_or((None, None), |(f, c)| (Some(f), c));
+        if self.carry_out_close(close) {
             // Whatever is in the buffer must not reach Redis without the held bytes before it:
             // keep it paused; the close discards it.
             return Action::Pause;
@@ -147,7 +146,7 @@ impl Connection {
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
-        self.with_session(|s| {
+        let close = self.with_session(|s| {
             s.on_server_data(now, &mut HostBuffer::upstream(size));
             // Redis's FIN, on its way to the client: tcp_proxy closes the client connection
             // next. While the client is idle, that close is the reconnect signal.
@@ -163,8 +162,9 @@ impl Connection {
                     s.fail_probe();
                 }
             }
+            s.take_close()
         });
-        self.carry_out_close();
+        self.carry_out_close(close.flatten());
         Action::Continue
     }
 
