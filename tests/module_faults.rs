@@ -9,19 +9,10 @@
 
 mod host;
 
-use host::{cmd, stat, ConnId, Envoy, Faults, Options, PING, PONG};
+use host::{cmd, stat, warm, Envoy, Faults, Options, PING, PONG};
 
 /// 1 s keepalive, 500 ms ping_timeout: tick every 50 ms.
 const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "500ms"}"#;
-
-fn warm(e: &mut Envoy) -> ConnId {
-    let c = e.connect();
-    e.client_send(c, &cmd(&["GET", "k"]));
-    e.redis_send(c, b"$-1\r\n");
-    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
-    assert_eq!(e.take_client(c), b"$-1\r\n");
-    c
-}
 
 #[test]
 fn unanswered_keepalive_closes_the_idle_client_after_ping_timeout() {

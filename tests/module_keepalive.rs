@@ -9,20 +9,10 @@
 
 mod host;
 
-use host::{cmd, stat, ConnId, Envoy, PING, PONG};
+use host::{cmd, stat, warm, ConnId, Envoy, PING, PONG};
 
 /// 1 s keepalive, 10 s ping_timeout: tick every 100 ms, no closes in these tests.
 const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "10s"}"#;
-
-/// A connection that has done one GET, at the moment its reply arrived.
-fn warm(e: &mut Envoy) -> ConnId {
-    let c = e.connect();
-    e.client_send(c, &cmd(&["GET", "k"]));
-    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
-    e.redis_send(c, b"$-1\r\n");
-    assert_eq!(e.take_client(c), b"$-1\r\n");
-    c
-}
 
 #[test]
 fn keepalive_goes_out_at_the_interval_not_before() {

@@ -10,24 +10,12 @@
 
 mod host;
 
-use host::{cmd, stat, ConnId, Envoy, PING, PONG};
+use host::{cmd, stat, warm, Envoy, PING, PONG};
 
 /// Keepalive off (so the link goes stale), probes after 2 s, 500 ms to answer.
 const CONFIG: &str =
     r#"{"keepalive_interval": "0s", "probe_after": "2s", "ping_timeout": "500ms"}"#;
-const PROBE_HELD: &str = "redis_idle_guard.probe.held";
-const PROBE_PASSED: &str = "redis_idle_guard.probe.passed";
-const PROBE_FAILED: &str = "redis_idle_guard.probe.failed";
-const PROBE_WAIT_MS: &str = "redis_idle_guard.probe.wait_ms";
-
-fn warm(e: &mut Envoy) -> ConnId {
-    let c = e.connect();
-    e.client_send(c, &cmd(&["GET", "k"]));
-    e.redis_send(c, b"$-1\r\n");
-    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
-    assert_eq!(e.take_client(c), b"$-1\r\n");
-    c
-}
+use host::stat::{PROBE_FAILED, PROBE_HELD, PROBE_PASSED, PROBE_WAIT_MS};
 
 #[test]
 fn a_command_after_probe_after_waits_for_the_pings_answer() {

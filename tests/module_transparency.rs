@@ -25,8 +25,7 @@ const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "1h", "prob
 /// released by its answer.
 const PROBING: &str =
     r#"{"keepalive_interval": "0s", "ping_timeout": "1h", "probe_after": "1500ms"}"#;
-const PROBE_HELD: &str = "redis_idle_guard.probe.held";
-const PROBE_PASSED: &str = "redis_idle_guard.probe.passed";
+use host::stat::{PROBE_HELD, PROBE_PASSED};
 const DEFAULT_SEED: u64 = 0x7265_6469_735f_6964; // "redis_id"
 
 /// SplitMix64: tiny, fast, and the same everywhere.

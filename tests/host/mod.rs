@@ -676,4 +676,18 @@ pub mod stat {
     pub const PASSTHROUGH: &str = "redis_idle_guard.passthrough";
     pub const CONNECTIONS: &str = "redis_idle_guard.connections";
     pub const IDLE_MS: &str = "redis_idle_guard.keepalive.idle_ms";
+    pub const PROBE_HELD: &str = "redis_idle_guard.probe.held";
+    pub const PROBE_PASSED: &str = "redis_idle_guard.probe.passed";
+    pub const PROBE_FAILED: &str = "redis_idle_guard.probe.failed";
+    pub const PROBE_WAIT_MS: &str = "redis_idle_guard.probe.wait_ms";
+}
+
+/// A connection that has done one GET (nil reply), at the moment its reply arrived.
+pub fn warm(e: &mut Envoy) -> ConnId {
+    let c = e.connect();
+    e.client_send(c, &cmd(&["GET", "k"]));
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]));
+    e.redis_send(c, b"$-1\r\n");
+    assert_eq!(e.take_client(c), b"$-1\r\n");
+    c
 }

@@ -57,6 +57,7 @@ from redis.maint_notifications import MaintNotificationsConfig  # noqa: E402
 from redis.retry import Retry  # noqa: E402
 
 from lab.clients import make_async_client  # noqa: E402
+from lab.demo import table  # noqa: E402
 from lab.envoy_proxy import EnvoyProxy, default_wasm_path  # noqa: E402
 from lab.faults import (Fault, NatTimeout, SlowRedis, make_fault,  # noqa: E402
                         sysctls_are_per_netns)
@@ -556,7 +557,7 @@ def render(runs: List[FaultRun], clients: Sequence[ClientSpec], s: Settings, mod
                     verdict if c.key == "guard" else "", why if c.key == "guard" else "",
                     " | ".join(cell.harness_errors)])
         title = f"({f.key}) {f.describe()}"
-        text.write(f"\n{title}   [{run.seconds:.0f}s]\n{_table(rows, heads)}\n")
+        text.write(f"\n{title}   [{run.seconds:.0f}s]\n{table(rows, heads)}\n")
         md.write(f"## {title}\n\n{_md_table(rows, heads)}\n")
         g = run.guard_stats
         gline = ("filter: " + ", ".join(f"{k}={g.get(k, 0)}" for k in (
@@ -620,15 +621,6 @@ def render(runs: List[FaultRun], clients: Sequence[ClientSpec], s: Settings, mod
     text.write(f"\nmatrix run time {seconds:.0f}s\n")
     md.write(f"\nRun time {seconds:.0f} s.\n")
     return text.getvalue(), md.getvalue(), csv_rows, ok_all, harness_ok
-
-
-def _table(rows: List[List[str]], heads: List[str]) -> str:
-    widths = [max(len(str(r[i])) for r in rows + [heads]) for i in range(len(heads))]
-    line = "+".join("-" * (w + 2) for w in widths)
-    out = [line, " | ".join(str(h).ljust(w) for h, w in zip(heads, widths)), line]
-    out += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
-    out.append(line)
-    return "\n".join(out)
 
 
 def _md_table(rows: List[List[str]], heads: List[str]) -> str:
