@@ -12,7 +12,21 @@ pub struct Config {
     /// A client command arriving after this long without a byte from Redis waits for a PING's
     /// answer first; `None` = off (`"0s"`).
     pub probe_after: Option<Millis>,
+    /// `keepalive_interval: "auto"`: learn each upstream's idle cutoff and keep alive inside
+    /// it, within these bounds. `keepalive_interval` is then the interval used before anything
+    /// is learned (the upper bound).
+    pub learn: Option<LearnBounds>,
 }
+
+/// Bounds of a learned keepalive interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LearnBounds {
+    pub min: Millis,
+    pub max: Millis,
+}
+
+const DEFAULT_MIN_KEEPALIVE: Millis = 1_000;
+const DEFAULT_MAX_KEEPALIVE: Millis = 60_000;
 
 impl Default for Config {
     fn default() -> Self {
@@ -20,6 +34,7 @@ impl Default for Config {
             keepalive_interval: Some(30_000),
             ping_timeout: 5_000,
             probe_after: Some(60_000),
+            learn: None,
         }
     }
 }
@@ -41,7 +56,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-const FIELDS: &[&str] = &["keepalive_interval", "ping_timeout", "probe_after"];
+const FIELDS: &[&str] = &[
+    "keepalive_interval",
+    "min_keepalive_interval",
+    "max_keepalive_interval",
+    "ping_timeout",
+    "probe_after",
+];
 
 fn err(field: &str, message: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -72,8 +93,23 @@ impl Config {
         let Some(object) = value.as_object() else {
             return Err(err("configuration", "expected a JSON object"));
         };
+        let mut auto = false;
+        let mut min = None;
+        let mut max = None;
         for (key, value) in object {
             match key.as_str() {
+                "keepalive_interval" if value.as_str() == Some("auto") => auto = true,
+                "min_keepalive_interval" | "max_keepalive_interval" => {
+                    let ms = duration_field(key, value)?;
+                    if ms < 100 {
+                        return Err(err(key, "must be at least 100ms"));
+                    }
+                    if key == "min_keepalive_interval" {
+                        min = Some(ms);
+                    } else {
+                        max = Some(ms);
+                    }
+                }
                 "keepalive_interval" => {
                     let ms = duration_field(key, value)?;
                     if ms != 0 && ms < 100 {
@@ -103,14 +139,52 @@ impl Config {
                 }
             }
         }
+        if !auto {
+            for (field, set) in [
+                ("min_keepalive_interval", min),
+                ("max_keepalive_interval", max),
+            ] {
+                if set.is_some() {
+                    return Err(err(
+                        field,
+                        "applies only with \"keepalive_interval\": \"auto\"",
+                    ));
+                }
+            }
+            return Ok(cfg);
+        }
+        let min = min.unwrap_or(DEFAULT_MIN_KEEPALIVE);
+        let max = max.unwrap_or(DEFAULT_MAX_KEEPALIVE.max(min));
+        if max < min {
+            return Err(err(
+                "max_keepalive_interval",
+                "must not be below min_keepalive_interval",
+            ));
+        }
+        cfg.keepalive_interval = Some(max);
+        cfg.learn = Some(LearnBounds { min, max });
         Ok(cfg)
+    }
+
+    /// The shortest keepalive interval this configuration can use.
+    pub fn shortest_keepalive(&self) -> Option<Millis> {
+        match self.learn {
+            Some(b) => Some(b.min),
+            None => self.keepalive_interval,
+        }
     }
 
     /// One line for the Envoy log at load time.
     pub fn describe(&self) -> String {
-        let ka = self
-            .keepalive_interval
-            .map_or_else(|| "off".to_string(), format_duration);
+        let ka = match (self.learn, self.keepalive_interval) {
+            (Some(b), _) => format!(
+                "auto({}..{})",
+                format_duration(b.min),
+                format_duration(b.max)
+            ),
+            (None, Some(i)) => format_duration(i),
+            (None, None) => "off".to_string(),
+        };
         let probe = self
             .probe_after
             .map_or_else(|| "off".to_string(), format_duration);
@@ -144,6 +218,7 @@ mod tests {
                 keepalive_interval: Some(1_000),
                 ping_timeout: 250,
                 probe_after: Some(120_000),
+                learn: None,
             }
         );
         let off = Config::parse(br#"{"keepalive_interval":"0s","probe_after":"0s"}"#).unwrap();
@@ -152,8 +227,49 @@ mod tests {
     }
 
     #[test]
+    fn auto_learns_within_bounds() {
+        let c = Config::parse(br#"{"keepalive_interval":"auto"}"#).unwrap();
+        assert_eq!(
+            c.learn,
+            Some(LearnBounds {
+                min: 1_000,
+                max: 60_000
+            })
+        );
+        assert_eq!(c.keepalive_interval, Some(60_000));
+        assert_eq!(c.shortest_keepalive(), Some(1_000));
+        let c = Config::parse(
+            br#"{"keepalive_interval":"auto","min_keepalive_interval":"5s","max_keepalive_interval":"2m"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.learn,
+            Some(LearnBounds {
+                min: 5_000,
+                max: 120_000
+            })
+        );
+        assert!(c.describe().contains("auto(5s..2m)"), "{}", c.describe());
+        // A min above the default max lifts the default max with it.
+        let c = Config::parse(br#"{"keepalive_interval":"auto","min_keepalive_interval":"90s"}"#)
+            .unwrap();
+        assert_eq!(
+            c.learn,
+            Some(LearnBounds {
+                min: 90_000,
+                max: 90_000
+            })
+        );
+    }
+
+    #[test]
     fn errors_name_the_field() {
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 14] = [
+            (br#"{"keepalive_interval":"Auto"}"#, "keepalive_interval"),
+            (br#"{"min_keepalive_interval":"1s"}"#, "min_keepalive_interval"),
+            (br#"{"keepalive_interval":"5s","max_keepalive_interval":"1m"}"#, "max_keepalive_interval"),
+            (br#"{"keepalive_interval":"auto","min_keepalive_interval":"10ms"}"#, "min_keepalive_interval"),
+            (br#"{"keepalive_interval":"auto","min_keepalive_interval":"10s","max_keepalive_interval":"5s"}"#, "max_keepalive_interval"),
             (br#"{"probe_after":"50ms"}"#, "probe_after"),
             (br#"{"probe_after":true}"#, "probe_after"),
             (br#"{"keepalive_interval":"soon"}"#, "keepalive_interval"),

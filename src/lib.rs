@@ -18,12 +18,14 @@ pub mod command;
 pub mod config;
 pub mod context_map;
 pub mod duration;
+pub mod idle_cutoff;
 pub mod metrics;
 pub mod probe;
 pub mod reply_queue;
 pub mod resp;
 pub mod schedule;
 pub mod session;
+pub mod upstream;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -72,3 +72,95 @@ impl Metric {
         self as usize
     }
 }
+
+/// Stats kept per upstream cluster. Their names carry the cluster as an Envoy stats tag in the
+/// form Istio uses (`upstream_cluster=.=<cluster>;.;`), so the tag regex
+/// `(upstream_cluster=\.=(.*?);\.;)` (Istio: `extraStatTags: [upstream_cluster]`) turns
+/// `redis_idle_guard.upstream.upstream_cluster=.=redis;.;idle_deaths` into
+/// `redis_idle_guard.upstream.idle_deaths{upstream_cluster="redis"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamMetric {
+    Connections,
+    KeepaliveSent,
+    KeepaliveFailed,
+    ReconnectSignals,
+    ProbeFailed,
+    IdleDeaths,
+    IdleSpellMs,
+    DeathIdleMs,
+    IdleCutoffMs,
+    KeepaliveIntervalMs,
+}
+
+impl UpstreamMetric {
+    pub const ALL: [UpstreamMetric; 10] = [
+        UpstreamMetric::Connections,
+        UpstreamMetric::KeepaliveSent,
+        UpstreamMetric::KeepaliveFailed,
+        UpstreamMetric::ReconnectSignals,
+        UpstreamMetric::ProbeFailed,
+        UpstreamMetric::IdleDeaths,
+        UpstreamMetric::IdleSpellMs,
+        UpstreamMetric::DeathIdleMs,
+        UpstreamMetric::IdleCutoffMs,
+        UpstreamMetric::KeepaliveIntervalMs,
+    ];
+
+    /// The last part of the name, after the tag.
+    pub fn suffix(self) -> &'static str {
+        match self {
+            UpstreamMetric::Connections => "connections",
+            UpstreamMetric::KeepaliveSent => "keepalive.sent",
+            UpstreamMetric::KeepaliveFailed => "keepalive.failed",
+            UpstreamMetric::ReconnectSignals => "reconnect_signals",
+            UpstreamMetric::ProbeFailed => "probe.failed",
+            UpstreamMetric::IdleDeaths => "idle_deaths",
+            UpstreamMetric::IdleSpellMs => "idle_spell_ms",
+            UpstreamMetric::DeathIdleMs => "death_idle_ms",
+            UpstreamMetric::IdleCutoffMs => "idle_cutoff_ms",
+            UpstreamMetric::KeepaliveIntervalMs => "keepalive_interval_ms",
+        }
+    }
+
+    pub fn kind(self) -> Kind {
+        match self {
+            UpstreamMetric::IdleCutoffMs | UpstreamMetric::KeepaliveIntervalMs => Kind::Gauge,
+            UpstreamMetric::IdleSpellMs | UpstreamMetric::DeathIdleMs => Kind::Histogram,
+            _ => Kind::Counter,
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The full stat name for `cluster`. A `;` in a cluster name would end the tag early, so it
+    /// becomes `_`.
+    pub fn name(self, cluster: &str) -> String {
+        format!(
+            "redis_idle_guard.upstream.upstream_cluster=.={};.;{}",
+            cluster.replace(';', "_"),
+            self.suffix()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upstream_names_carry_the_cluster_as_a_tag() {
+        assert_eq!(
+            UpstreamMetric::IdleDeaths.name("outbound|6379||redis.default.svc.cluster.local"),
+            "redis_idle_guard.upstream.upstream_cluster=.=outbound|6379||redis.default.svc.cluster.local;.;idle_deaths"
+        );
+        assert_eq!(
+            UpstreamMetric::Connections.name("a;b"),
+            "redis_idle_guard.upstream.upstream_cluster=.=a_b;.;connections"
+        );
+        for (i, m) in UpstreamMetric::ALL.iter().enumerate() {
+            assert_eq!(m.index(), i);
+        }
+    }
+}

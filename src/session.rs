@@ -106,7 +106,20 @@ pub enum Event {
     },
     /// The probe failed; the held command was never sent.
     ProbeFailed,
+    /// The first bytes sent after `idle_ms` of silence were answered: the path survived it.
+    IdleSurvived {
+        idle_ms: Millis,
+    },
+    /// The link died after `idle_ms` of silence (PING or probe unanswered, Redis closed or
+    /// reset while the client was idle).
+    IdleDeath {
+        idle_ms: Millis,
+    },
 }
+
+/// Idle spells shorter than this are not reported as survived (they would cost a stat per
+/// request on a busy connection, and say nothing about a cutoff worth learning).
+pub const MIN_REPORTED_SPELL: Millis = 1_000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TickAction {
@@ -282,6 +295,11 @@ impl ReplyPass<'_> {
 
 pub struct Session {
     keepalive_interval: Option<Millis>,
+    /// The upstream (cluster) this connection goes to, as the adapter numbers them; 0 = not
+    /// known yet.
+    upstream: u16,
+    /// The idle spell before the first bytes sent after silence, until Redis answers.
+    spell: Option<Millis>,
     ping_timeout: Millis,
     probe_after: Option<Millis>,
     /// Last byte from Redis (or the connection's start): the link's last proof of life.
@@ -363,6 +381,8 @@ impl Session {
     pub fn new(config: &Config, now: Millis) -> Session {
         Session {
             keepalive_interval: config.keepalive_interval,
+            upstream: 0,
+            spell: None,
             ping_timeout: config.ping_timeout,
             probe_after: config.probe_after,
             last_upstream: now,
@@ -394,6 +414,32 @@ impl Session {
             rep_window: MIN_WINDOW,
             events: Vec::new(),
         }
+    }
+
+    pub fn upstream(&self) -> u16 {
+        self.upstream
+    }
+
+    pub fn set_upstream(&mut self, upstream: u16) {
+        self.upstream = upstream;
+    }
+
+    pub fn keepalive_interval(&self) -> Option<Millis> {
+        self.keepalive_interval
+    }
+
+    /// A learned interval for this connection's upstream. The caller re-arms its timer.
+    pub fn set_keepalive_interval(&mut self, interval: Option<Millis>) {
+        self.keepalive_interval = interval;
+    }
+
+    /// The link died: report the idle spell it died after.
+    fn record_death(&mut self, now: Millis) {
+        let idle_ms = self
+            .spell
+            .take()
+            .unwrap_or_else(|| now.saturating_sub(self.last_activity));
+        self.events.push(Event::IdleDeath { idle_ms });
     }
 
     /// Events since the last call, for metrics and logs.
@@ -439,6 +485,10 @@ impl Session {
     /// (probe before stale reuse) and put back on the wire, in order, after the probe.
     pub fn on_client_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
         if !buf.is_empty() {
+            let idle = now.saturating_sub(self.last_activity);
+            if idle >= MIN_REPORTED_SPELL && self.spell.is_none() && self.modes.queue.is_empty() {
+                self.spell = Some(idle);
+            }
             self.last_activity = now;
         }
         if self.follow != Follow::Active || self.closed {
@@ -512,6 +562,9 @@ impl Session {
             return;
         }
         if start {
+            if self.spell.is_none() {
+                self.spell = Some(now.saturating_sub(self.last_upstream));
+            }
             // The PING goes out ahead of the client bytes just framed.
             self.modes.queue.push_front(Expect::Filter);
             self.ping_clock = Some(now);
@@ -574,6 +627,9 @@ impl Session {
     /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
     pub fn on_server_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {
+            if let Some(idle_ms) = self.spell.take() {
+                self.events.push(Event::IdleSurvived { idle_ms });
+            }
             self.last_activity = now;
             self.last_upstream = now;
             self.upstream_seen = true;
@@ -766,6 +822,7 @@ impl Session {
                 return TickAction::None;
             }
             self.closed = true;
+            self.record_death(now);
             return TickAction::Close(CloseReason::ProbeFailed);
         }
         if let Some(since) = self.ping_clock {
@@ -780,6 +837,7 @@ impl Session {
             if now >= since + self.ping_timeout {
                 self.closed = true;
                 self.events.push(Event::KeepaliveFailed);
+                self.record_death(now);
                 self.events
                     .push(Event::ReconnectSignal(CloseReason::PingTimeout));
                 return TickAction::Close(CloseReason::PingTimeout);
@@ -811,9 +869,11 @@ impl Session {
 
     /// The adapter put [`PING`] on the wire.
     pub fn ping_sent(&mut self, now: Millis) {
-        self.events.push(Event::KeepaliveSent {
-            idle_ms: now.saturating_sub(self.last_activity),
-        });
+        let idle_ms = now.saturating_sub(self.last_activity);
+        self.events.push(Event::KeepaliveSent { idle_ms });
+        if self.modes.queue.is_empty() && self.spell.is_none() {
+            self.spell = Some(idle_ms);
+        }
         self.modes.queue.push(Expect::Filter);
         if self.modes.queue.filter_at_front() {
             self.ping_clock = Some(now);
@@ -837,7 +897,7 @@ impl Session {
 
     /// Redis's side closed. Returns true when the client was idle: closing it now is a clean
     /// reconnect signal (no command of its is lost).
-    pub fn upstream_closed(&mut self) -> bool {
+    pub fn upstream_closed(&mut self, now: Millis) -> bool {
         if self.closed {
             return false;
         }
@@ -845,6 +905,7 @@ impl Session {
         if self.probe.take().is_some() {
             // The held command was never sent: the client's retry is safe.
             self.events.push(Event::ProbeFailed);
+            self.record_death(now);
             return false;
         }
         // Never up (Envoy could not connect to Redis): a failed connect, not a dead link.
@@ -856,6 +917,7 @@ impl Session {
         {
             return false;
         }
+        self.record_death(now);
         self.events
             .push(Event::ReconnectSignal(CloseReason::UpstreamClosed));
         true

@@ -218,6 +218,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
         probe_after: None,
+        learn: None,
     });
     let mut redis = Redis {
         resp3,

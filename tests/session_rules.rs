@@ -20,6 +20,7 @@ fn world() -> World {
         keepalive_interval: Some(1_000),
         ping_timeout: 500,
         probe_after: None,
+        learn: None,
     })
 }
 
@@ -71,6 +72,7 @@ fn keepalive_off_never_pings() {
         keepalive_interval: None,
         ping_timeout: 500,
         probe_after: None,
+        learn: None,
     });
     assert_eq!(w.session.next_deadline(), None);
     assert_eq!(w.advance(1_000_000), TickAction::None);
@@ -361,13 +363,13 @@ fn upstream_close_while_idle_is_a_reconnect_signal() {
     let mut w = world();
     w.client(&cmd(&["GET", "a"]));
     w.server(b"$-1\r\n");
-    assert!(w.session.upstream_closed());
+    assert!(w.session.upstream_closed(w.now));
     assert!(events(&mut w).contains(&Event::ReconnectSignal(CloseReason::UpstreamClosed)));
 
     let mut busy = world();
     busy.client(&cmd(&["GET", "a"]));
     assert!(
-        !busy.session.upstream_closed(),
+        !busy.session.upstream_closed(busy.now),
         "a command was in flight: not a clean signal"
     );
 }
@@ -377,7 +379,7 @@ fn close_after_quit_is_not_a_reconnect_signal() {
     let mut w = world();
     w.client(&cmd(&["QUIT"]));
     w.server(b"+OK\r\n");
-    assert!(!w.session.upstream_closed());
+    assert!(!w.session.upstream_closed(w.now));
     assert!(events(&mut w).is_empty());
 }
 
@@ -403,7 +405,7 @@ fn resp2_after_the_last_unsubscribe_the_bulk_reply_is_removed() {
 fn a_connection_redis_never_answered_is_not_a_reconnect_signal() {
     let mut w = world();
     assert!(
-        !w.session.upstream_closed(),
+        !w.session.upstream_closed(w.now),
         "Envoy could not connect: not a dead idle link"
     );
     assert!(events(&mut w).is_empty());
@@ -415,7 +417,7 @@ fn client_close_is_not_a_reconnect_signal() {
     w.client(&cmd(&["PING"]));
     w.server(b"+PONG\r\n");
     w.session.client_closed();
-    assert!(!w.session.upstream_closed());
+    assert!(!w.session.upstream_closed(w.now));
     assert!(events(&mut w).is_empty());
     assert_eq!(
         w.advance(10_000),

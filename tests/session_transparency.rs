@@ -81,6 +81,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
         probe_after: None,
+        learn: None,
     });
     let mut wire = Wire::default();
     let mut expected_redis: Vec<u8> = Vec::new();
@@ -161,6 +162,7 @@ fn keepalives_actually_fire_in_these_scenarios() {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
         probe_after: None,
+        learn: None,
     });
     assert_eq!(w.advance(1_000), TickAction::SendPing);
 }

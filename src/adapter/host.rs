@@ -13,6 +13,7 @@ pub const METRIC_COUNTER: u32 = 0;
 pub const METRIC_GAUGE: u32 = 1;
 pub const METRIC_HISTOGRAM: u32 = 2;
 const STATUS_OK: u32 = 0;
+const STATUS_NOT_FOUND: u32 = 1;
 
 /// A host call that did not return Ok, with the raw status (1 NotFound, 2 BadArgument, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +56,12 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_property(
+        path_data: *const u8,
+        path_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+    ) -> u32;
 }
 
 fn check(status: u32) -> Result<(), Refused> {
@@ -161,6 +168,26 @@ fn set_buffer_bytes(
 ) -> Result<(), Refused> {
     // SAFETY: `with` is a live slice for the duration of the call.
     check(unsafe { proxy_set_buffer_bytes(buffer_type, start, len, with.as_ptr(), with.len()) })
+}
+
+/// A connection property, e.g. `["xds", "cluster_name"]`; `Ok(None)` when the host has none.
+pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
+    let encoded = path.join("\0");
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: `encoded` is live for the call; on Ok the host allocated `size` bytes with our
+    // exported allocator (a forgotten Vec<u8> of capacity `size`), which we now own.
+    let status =
+        unsafe { proxy_get_property(encoded.as_ptr(), encoded.len(), &mut data, &mut size) };
+    if status == STATUS_NOT_FOUND {
+        return Ok(None);
+    }
+    check(status)?;
+    if data.is_null() {
+        return Ok(Some(Vec::new()));
+    }
+    // SAFETY: see above.
+    Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) }))
 }
 
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Refused> {

@@ -6,9 +6,11 @@ use super::stats;
 use super::stream::Connection;
 use crate::config::Config;
 use crate::context_map::ContextMap;
-use crate::metrics::Metric;
+use crate::duration::format_duration;
+use crate::metrics::{Metric, UpstreamMetric};
 use crate::schedule::Schedule;
-use crate::session::{Session, TickAction, PING};
+use crate::session::{Event, Session, TickAction, PING};
+use crate::upstream::{IntervalChange, UpstreamId, Upstreams};
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -19,9 +21,99 @@ pub struct Registry {
     /// instead of a whole Session.
     pub sessions: ContextMap<Box<Session>>,
     pub schedule: Schedule,
+    pub upstreams: Upstreams,
 }
 
 impl Registry {
+    /// Stats, log lines and learning for one connection's events.
+    pub fn settle(&mut self, id: u32, upstream: UpstreamId, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let cluster = self
+            .upstreams
+            .get(upstream)
+            .map_or("", |u| u.cluster.as_str());
+        stats::record_events(id, upstream, cluster, events);
+        for event in events {
+            if let Some(change) = self.upstreams.observe(upstream, event, self.config.learn) {
+                self.apply(change, event);
+            }
+        }
+    }
+
+    /// An upstream's learned interval changed: every connection to it follows at once.
+    fn apply(&mut self, change: IntervalChange, because: &Event) {
+        let Some(upstream) = self.upstreams.get(change.upstream) else {
+            return;
+        };
+        let estimate = upstream.cutoff.estimate();
+        let why = match (because, estimate) {
+            (Event::IdleDeath { idle_ms }, Some(_)) => format!(
+                "a connection died after {} of silence, so the path's idle cutoff is at most that",
+                format_duration(*idle_ms)
+            ),
+            (Event::IdleSurvived { idle_ms }, _) => format!(
+                "a connection survived {} of silence, longer than the learned cutoff: forgetting it",
+                format_duration(*idle_ms)
+            ),
+            _ => "new evidence".to_string(),
+        };
+        host::log(
+            Level::Info,
+            &format!(
+                "redis-idle-guard: upstream {}: {why}; keepalive interval now {}",
+                upstream.cluster,
+                format_duration(change.interval)
+            ),
+        );
+        stats::upstream_record(
+            change.upstream,
+            UpstreamMetric::IdleCutoffMs,
+            estimate.unwrap_or(0),
+        );
+        stats::upstream_record(
+            change.upstream,
+            UpstreamMetric::KeepaliveIntervalMs,
+            change.interval,
+        );
+        for (&id, session) in self.sessions.iter_mut() {
+            if session.upstream() == change.upstream {
+                session.set_keepalive_interval(Some(change.interval));
+                self.schedule.arm(id, session.next_deadline());
+            }
+        }
+    }
+
+    /// The connection's upstream cluster became known.
+    pub fn identify(&mut self, id: u32, cluster: &str) {
+        let Some((upstream, new)) = self.upstreams.register(cluster) else {
+            return;
+        };
+        if new {
+            stats::define_upstream(upstream, cluster);
+            let interval = self
+                .upstreams
+                .interval(upstream, self.config.learn)
+                .or(self.config.keepalive_interval)
+                .unwrap_or(0);
+            stats::upstream_record(upstream, UpstreamMetric::KeepaliveIntervalMs, interval);
+            stats::upstream_record(upstream, UpstreamMetric::IdleCutoffMs, 0);
+        }
+        stats::upstream_add(upstream, UpstreamMetric::Connections, 1);
+        let learned = self.upstreams.interval(upstream, self.config.learn);
+        let Some(session) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        session.set_upstream(upstream);
+        if let Some(interval) = learned {
+            if session.keepalive_interval() != Some(interval) {
+                session.set_keepalive_interval(Some(interval));
+                self.schedule.arm(id, session.next_deadline());
+            }
+        }
+    }
+
     pub fn remove(&mut self, id: u32) {
         if self.sessions.remove(&id).is_some() {
             self.schedule.forget(id);
@@ -42,6 +134,7 @@ impl Root {
                 config: Config::default(),
                 sessions: ContextMap::default(),
                 schedule: Schedule::default(),
+                upstreams: Upstreams::default(),
             })),
             due: Vec::new(),
         }
@@ -65,7 +158,7 @@ fn report_vm_memory() {
 /// Fine enough to act within a tenth of the shortest timer; coarse enough to cost nothing.
 /// No timer at all when neither keepalives nor probes are on.
 fn tick_period_ms(config: &Config) -> u32 {
-    let shortest = match (config.keepalive_interval, config.probe_after) {
+    let shortest = match (config.shortest_keepalive(), config.probe_after) {
         (None, None) => return 0,
         (Some(interval), _) => interval.min(config.ping_timeout),
         (None, Some(_)) => config.ping_timeout,
@@ -164,9 +257,11 @@ impl Root {
                     );
                 }
             }
-            stats::record_events(id, session.take_events());
+            let events = session.take_events();
+            let upstream = session.upstream();
             let next = session.next_deadline();
             registry.schedule.arm(id, next);
+            registry.settle(id, upstream, &events);
         }
     }
 

@@ -11,11 +11,54 @@ use std::rc::Rc;
 pub struct Connection {
     id: u32,
     registry: Rc<RefCell<Registry>>,
+    /// Data callbacks left in which to look up the upstream cluster (Envoy sets it once
+    /// tcp_proxy has connected); 0 once known or given up.
+    lookups_left: u8,
 }
+
+/// A connection whose cluster is still unknown after this many data callbacks is counted in
+/// the global stats only.
+const UPSTREAM_LOOKUPS: u8 = 4;
 
 impl Connection {
     pub fn new(id: u32, registry: Rc<RefCell<Registry>>) -> Connection {
-        Connection { id, registry }
+        Connection {
+            id,
+            registry,
+            lookups_left: UPSTREAM_LOOKUPS,
+        }
+    }
+
+    /// Learn which upstream cluster this connection goes to, once.
+    fn identify_upstream(&mut self) {
+        if self.lookups_left == 0 {
+            return;
+        }
+        self.lookups_left -= 1;
+        let cluster = match host::property(&["xds", "cluster_name"]) {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => return,
+            Err(e) => {
+                host::log(Level::Debug, &format!("redis-idle-guard: connection {}: no upstream cluster ({e:?}); global stats only", self.id));
+                self.lookups_left = 0;
+                return;
+            }
+        };
+        self.lookups_left = 0;
+        let cluster = String::from_utf8_lossy(&cluster);
+        if let Ok(mut registry) = self.registry.try_borrow_mut() {
+            registry.identify(self.id, &cluster);
+        }
+        if let Ok(Some(address)) = host::property(&["upstream", "address"]) {
+            host::log(
+                Level::Debug,
+                &format!(
+                    "redis-idle-guard: connection {} goes to upstream {cluster} (host {})",
+                    self.id,
+                    String::from_utf8_lossy(&address)
+                ),
+            );
+        }
     }
 
     /// Run `f` on this connection's session, then record its events and re-arm its timer.
@@ -25,9 +68,11 @@ impl Connection {
         let registry = &mut *guard;
         let session = registry.sessions.get_mut(&self.id)?;
         let result = f(session);
-        stats::record_events(self.id, session.take_events());
+        let events = session.take_events();
+        let upstream = session.upstream();
         let next = session.next_deadline();
         registry.schedule.arm(self.id, next);
+        registry.settle(self.id, upstream, &events);
         Some(result)
     }
 
@@ -106,6 +151,7 @@ impl Connection {
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
+        self.identify_upstream();
         let outcome = self.with_session(|s| {
             // Before the data: bytes held by a probe must go out ahead of the client's FIN.
             if end_of_stream {
@@ -146,12 +192,13 @@ impl Connection {
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
+        self.identify_upstream();
         let close = self.with_session(|s| {
             s.on_server_data(now, &mut HostBuffer::upstream(size));
             // Redis's FIN, on its way to the client: tcp_proxy closes the client connection
             // next. While the client is idle, that close is the reconnect signal.
             if end_of_stream {
-                s.upstream_closed();
+                s.upstream_closed(now);
             }
             // The probe was answered: the held command follows it, through the read buffer
             // Envoy kept for us (the last on_downstream_data returned Pause).
@@ -172,7 +219,8 @@ impl Connection {
         // Envoy closing the client (tcp_proxy after an upstream reset or its idle timeout) is
         // seen only here: Envoy 1.40 does not call on_upstream_close for network filters.
         if peer == PEER_LOCAL {
-            self.with_session(Session::upstream_closed);
+            let now = host::now_ms().unwrap_or(0);
+            self.with_session(|s| s.upstream_closed(now));
         } else {
             self.with_session(Session::client_closed);
         }
