@@ -104,6 +104,12 @@ def tcp_proxy_config(idle_timeout: Union[int, float, str, None]) -> Dict[str, An
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
 
 
+# The stats tag that turns the filter's per-upstream stat names into a label, as in
+# envoy/envoy.yaml (Istio: extraStatTags: [upstream_cluster] generates the same regex).
+UPSTREAM_CLUSTER_TAG = {"tag_name": "upstream_cluster",
+                        "regex": r"(upstream_cluster=\.=(.*?);\.;)"}
+
+
 class EnvoyProxy:
     """One Envoy process: 127.0.0.1:<listener_port> → [filter] → tcp_proxy → Redis.
 
@@ -169,6 +175,8 @@ class EnvoyProxy:
             "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
             # Histograms reach /stats and /stats/prometheus only after a flush.
             "stats_flush_interval": "1s",
+            # The filter's per-upstream stats carry their cluster as a tag (envoy/envoy.yaml).
+            "stats_config": {"stats_tags": [UPSTREAM_CLUSTER_TAG]},
             "static_resources": {
                 "listeners": [{
                     "name": "redis_guarded",
