@@ -71,6 +71,18 @@ impl IdleCutoff {
         }
     }
 
+    /// Take the estimate another worker learned (shared between Envoy's workers).
+    pub fn adopt(&mut self, estimate: Option<Millis>) -> Learned {
+        if estimate == self.died_after {
+            return Learned::Same;
+        }
+        if estimate.is_some_and(|e| e <= self.survived) {
+            self.survived = 0;
+        }
+        self.died_after = estimate;
+        Learned::Changed
+    }
+
     /// The first bytes sent after `idle_ms` of silence were answered.
     pub fn survived(&mut self, idle_ms: Millis) -> Learned {
         self.survived = self.survived.max(idle_ms);
@@ -159,6 +171,19 @@ mod tests {
         // The old survival no longer counts against the new estimate.
         assert_eq!(c.survived(4_000), Learned::Same);
         assert_eq!(c.estimate(), Some(8_000));
+    }
+
+    #[test]
+    fn adopting_another_workers_estimate() {
+        let mut c = IdleCutoff::default();
+        c.survived(5_000);
+        assert_eq!(c.adopt(Some(4_000)), Learned::Changed);
+        assert_eq!(c.keepalive_interval(B), 2_000);
+        assert_eq!(c.adopt(Some(4_000)), Learned::Same);
+        // Its own later evidence still counts.
+        assert_eq!(c.died(3_000, B), Learned::Changed);
+        assert_eq!(c.adopt(None), Learned::Changed);
+        assert_eq!(c.keepalive_interval(B), 60_000);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub const MAX_UPSTREAMS: usize = 256;
 pub struct Upstream {
     pub cluster: String,
     pub cutoff: IdleCutoff,
+    /// CAS of the shared (all workers') estimate last looked at; 0 = none seen.
+    pub shared_cas: u32,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ impl Upstreams {
         self.list.push(Upstream {
             cluster: cluster.to_string(),
             cutoff: IdleCutoff::default(),
+            shared_cas: 0,
         });
         Some((self.list.len() as UpstreamId, true))
     }
@@ -59,6 +62,37 @@ impl Upstreams {
         Some(self.get(id)?.cutoff.keepalive_interval(bounds))
     }
 
+    pub fn len(&self) -> usize {
+        self.list.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.list.is_empty()
+    }
+
+    /// Another worker's estimate for `id`, seen with `cas`. Returns the new interval when it
+    /// changed this worker's.
+    pub fn adopt(
+        &mut self,
+        id: UpstreamId,
+        estimate: Option<Millis>,
+        cas: u32,
+        learn: Option<LearnBounds>,
+    ) -> Option<IntervalChange> {
+        let bounds = learn?;
+        let upstream = self.list.get_mut(usize::from(id).checked_sub(1)?)?;
+        if upstream.shared_cas == cas {
+            return None;
+        }
+        upstream.shared_cas = cas;
+        let learned = upstream.cutoff.adopt(estimate);
+        let interval = upstream.cutoff.keepalive_interval(bounds);
+        (learned == Learned::Changed).then_some(IntervalChange {
+            upstream: id,
+            interval,
+        })
+    }
+
     /// Learn from one connection's event. Returns the upstream's new interval when it changed.
     pub fn observe(
         &mut self,
@@ -68,14 +102,13 @@ impl Upstreams {
     ) -> Option<IntervalChange> {
         let bounds = learn?;
         let upstream = self.list.get_mut(usize::from(id).checked_sub(1)?)?;
-        let before = upstream.cutoff.keepalive_interval(bounds);
         let learned = match *event {
             Event::IdleDeath { idle_ms } => upstream.cutoff.died(idle_ms, bounds),
             Event::IdleSurvived { idle_ms } => upstream.cutoff.survived(idle_ms),
             _ => Learned::Same,
         };
         let interval = upstream.cutoff.keepalive_interval(bounds);
-        (learned == Learned::Changed && interval != before).then_some(IntervalChange {
+        (learned == Learned::Changed).then_some(IntervalChange {
             upstream: id,
             interval,
         })

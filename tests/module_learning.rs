@@ -243,3 +243,55 @@ fn a_fixed_interval_learns_nothing_but_still_reports_per_upstream() {
         "{died_after:?}"
     );
 }
+
+#[test]
+fn what_one_worker_learns_is_shared_with_the_others() {
+    // This worker learns, and publishes in proxy-wasm shared data (one store for all workers).
+    let mut e = Envoy::load(AUTO).unwrap();
+    let mut pool = Pool::new(&mut e, "redis", PathKind::RedisTimeout, 3_000, 2);
+    run(&mut e, &mut [&mut pool], 10_000);
+    let shared = e
+        .shared_data("redis_idle_guard.idle_cutoff.redis")
+        .map(|v| String::from_utf8(v).unwrap());
+    let learned = e.stat(&upstream_stat("redis", "idle_cutoff_ms"));
+    assert_eq!(shared, Some(learned.to_string()));
+
+    // Another worker (a fresh VM) takes it within a second, before any of its own connections
+    // idles into the cutoff.
+    let mut other = Envoy::load(AUTO).unwrap();
+    let mut pool = Pool::new(&mut other, "redis", PathKind::RedisTimeout, 3_000, 3);
+    other.set_shared_data(
+        "redis_idle_guard.idle_cutoff.redis",
+        learned.to_string().as_bytes(),
+    );
+    run(&mut other, &mut [&mut pool], 30_000);
+    assert!(pool.deaths.is_empty(), "died at {:?}", pool.deaths);
+    assert_eq!(
+        other.stat(&upstream_stat("redis", "keepalive_interval_ms")),
+        learned / 2
+    );
+    assert!(other.log_contains("another worker learned that the path's idle cutoff is at most"));
+
+    // A tighter estimate published elsewhere is not overwritten by a looser local one; garbage
+    // in the store is ignored.
+    let mut third = Envoy::load(AUTO).unwrap();
+    third.set_shared_data("redis_idle_guard.idle_cutoff.redis", b"1000");
+    let mut pool = Pool::new(&mut third, "redis", PathKind::RedisTimeout, 3_000, 1);
+    run(&mut third, &mut [&mut pool], 5_000);
+    assert_eq!(
+        third
+            .shared_data("redis_idle_guard.idle_cutoff.redis")
+            .unwrap(),
+        b"1000"
+    );
+    assert_eq!(
+        third.stat(&upstream_stat("redis", "keepalive_interval_ms")),
+        500
+    );
+    third.set_shared_data("redis_idle_guard.idle_cutoff.redis", b"not a number");
+    run(&mut third, &mut [&mut pool], 3_000);
+    assert_eq!(
+        third.stat(&upstream_stat("redis", "keepalive_interval_ms")),
+        500
+    );
+}

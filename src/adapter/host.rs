@@ -56,6 +56,20 @@ extern "C" {
     ) -> u32;
     fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
     fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
+    fn proxy_get_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        return_value_data: *mut *mut u8,
+        return_value_size: *mut usize,
+        return_cas: *mut u32,
+    ) -> u32;
+    fn proxy_set_shared_data(
+        key_data: *const u8,
+        key_size: usize,
+        value_data: *const u8,
+        value_size: usize,
+        cas: u32,
+    ) -> u32;
     fn proxy_get_property(
         path_data: *const u8,
         path_size: usize,
@@ -188,6 +202,38 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
     }
     // SAFETY: see above.
     Ok(Some(unsafe { Vec::from_raw_parts(data, size, size) }))
+}
+
+/// A shared-data value and its CAS (one store per vm_id, seen by every worker's VM);
+/// `Ok(None)` when the key is not set.
+pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Refused> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    let mut cas: u32 = 0;
+    // SAFETY: `key` is live for the call; on Ok the host allocated `size` bytes with our
+    // exported allocator (a forgotten Vec<u8> of capacity `size`), which we now own.
+    let status =
+        unsafe { proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas) };
+    if status == STATUS_NOT_FOUND {
+        return Ok(None);
+    }
+    check(status)?;
+    if data.is_null() {
+        return Ok(Some((Vec::new(), cas)));
+    }
+    // SAFETY: see above.
+    Ok(Some((
+        unsafe { Vec::from_raw_parts(data, size, size) },
+        cas,
+    )))
+}
+
+/// Set a shared-data value if its CAS is still `cas` (0: unconditionally).
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Refused> {
+    // SAFETY: `key` and `value` are live for the call.
+    check(unsafe {
+        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+    })
 }
 
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Refused> {

@@ -4,5 +4,6 @@
 mod exports;
 mod host;
 mod root;
+mod shared_cutoff;
 mod stats;
 mod stream;

@@ -2,6 +2,7 @@
 //! keepalives and closes dead links.
 
 use super::host::{self, Level};
+use super::shared_cutoff;
 use super::stats;
 use super::stream::Connection;
 use crate::config::Config;
@@ -36,29 +37,63 @@ impl Registry {
             .map_or("", |u| u.cluster.as_str());
         stats::record_events(id, upstream, cluster, events);
         for event in events {
-            if let Some(change) = self.upstreams.observe(upstream, event, self.config.learn) {
-                self.apply(change, event);
+            let before = self
+                .upstreams
+                .get(upstream)
+                .and_then(|u| u.cutoff.estimate());
+            let Some(change) = self.upstreams.observe(upstream, event, self.config.learn) else {
+                continue;
+            };
+            let why = match event {
+                Event::IdleDeath { idle_ms } => format!(
+                    "a connection died after {} of silence, so the path's idle cutoff is at most that",
+                    format_duration(*idle_ms)
+                ),
+                Event::IdleSurvived { idle_ms } => format!(
+                    "a connection survived {} of silence, longer than the learned cutoff: forgetting it",
+                    format_duration(*idle_ms)
+                ),
+                _ => "new evidence".to_string(),
+            };
+            if let Some(u) = self.upstreams.get(upstream) {
+                shared_cutoff::publish(&u.cluster, u.cutoff.estimate(), before);
+            }
+            self.apply(change, &why);
+        }
+    }
+
+    /// Take what other workers learned (see shared_cutoff).
+    pub fn adopt_shared(&mut self) {
+        if self.config.learn.is_none() {
+            return;
+        }
+        for index in 0..self.upstreams.len() {
+            let id = index as UpstreamId + 1;
+            let Some(cluster) = self.upstreams.get(id).map(|u| u.cluster.clone()) else {
+                continue;
+            };
+            let Some((estimate, cas)) = shared_cutoff::read(&cluster) else {
+                continue;
+            };
+            if let Some(change) = self.upstreams.adopt(id, estimate, cas, self.config.learn) {
+                let why = match estimate {
+                    Some(ms) => format!(
+                        "another worker learned that the path's idle cutoff is at most {}",
+                        format_duration(ms)
+                    ),
+                    None => "another worker forgot the learned cutoff".to_string(),
+                };
+                self.apply(change, &why);
             }
         }
     }
 
     /// An upstream's learned interval changed: every connection to it follows at once.
-    fn apply(&mut self, change: IntervalChange, because: &Event) {
+    fn apply(&mut self, change: IntervalChange, why: &str) {
         let Some(upstream) = self.upstreams.get(change.upstream) else {
             return;
         };
         let estimate = upstream.cutoff.estimate();
-        let why = match (because, estimate) {
-            (Event::IdleDeath { idle_ms }, Some(_)) => format!(
-                "a connection died after {} of silence, so the path's idle cutoff is at most that",
-                format_duration(*idle_ms)
-            ),
-            (Event::IdleSurvived { idle_ms }, _) => format!(
-                "a connection survived {} of silence, longer than the learned cutoff: forgetting it",
-                format_duration(*idle_ms)
-            ),
-            _ => "new evidence".to_string(),
-        };
         host::log(
             Level::Info,
             &format!(
@@ -78,7 +113,9 @@ impl Registry {
             change.interval,
         );
         for (&id, session) in self.sessions.iter_mut() {
-            if session.upstream() == change.upstream {
+            if session.upstream() == change.upstream
+                && session.keepalive_interval() != Some(change.interval)
+            {
                 session.set_keepalive_interval(Some(change.interval));
                 self.schedule.arm(id, session.next_deadline());
             }
@@ -125,6 +162,8 @@ impl Registry {
 pub struct Root {
     registry: Rc<RefCell<Registry>>,
     due: Vec<u32>,
+    /// When this worker last looked at the other workers' learned cutoffs.
+    last_shared_poll: u64,
 }
 
 impl Root {
@@ -137,6 +176,7 @@ impl Root {
                 upstreams: Upstreams::default(),
             })),
             due: Vec::new(),
+            last_shared_poll: 0,
         }
     }
 }
@@ -221,6 +261,10 @@ impl Root {
             return;
         };
         let registry = &mut *guard;
+        if now.saturating_sub(self.last_shared_poll) >= shared_cutoff::POLL_MS {
+            self.last_shared_poll = now;
+            registry.adopt_shared();
+        }
         self.due.clear();
         registry.schedule.take_due(now, &mut self.due);
         for &id in &self.due {

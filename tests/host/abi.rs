@@ -26,6 +26,8 @@ pub const IMPLEMENTED: &[&str] = &[
     "proxy_record_metric",
     "proxy_get_metric",
     "proxy_get_property",
+    "proxy_get_shared_data",
+    "proxy_set_shared_data",
 ];
 
 fn memory(caller: &mut C<'_>) -> Result<wasmtime::Memory> {
@@ -487,6 +489,73 @@ pub fn link(linker: &mut Linker<State>, module: &Module) -> Result<()> {
                 return Ok(NOT_FOUND);
             };
             hand_over(&mut c, &value, ptr_ptr, size_ptr)
+        },
+    )?;
+
+    // Shared data, as proxy-wasm-cpp-host's SharedData: get is NotFound for a missing key and
+    // returns the value's CAS; set with a non-zero CAS that is not the current one is
+    // CasMismatch; every successful set gets a new CAS.
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |mut c: C<'_>,
+         key_ptr: i32,
+         key_size: i32,
+         ptr_ptr: i32,
+         size_ptr: i32,
+         cas_ptr: i32|
+         -> Result<i32> {
+            c.data_mut().count("proxy_get_shared_data");
+            let Some(key) = read(&mut c, key_ptr, key_size)? else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let Some((value, cas)) = c.data().shared_data.get(&key).cloned() else {
+                return Ok(NOT_FOUND);
+            };
+            let status = hand_over(&mut c, &value, ptr_ptr, size_ptr)?;
+            if status != OK {
+                return Ok(status);
+            }
+            Ok(if write(&mut c, cas_ptr, &cas.to_le_bytes())? {
+                OK
+            } else {
+                INVALID_MEMORY_ACCESS
+            })
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |mut c: C<'_>,
+         key_ptr: i32,
+         key_size: i32,
+         value_ptr: i32,
+         value_size: i32,
+         cas: i32|
+         -> Result<i32> {
+            c.data_mut().count("proxy_set_shared_data");
+            let (Some(key), Some(value)) = (
+                read(&mut c, key_ptr, key_size)?,
+                read(&mut c, value_ptr, value_size)?,
+            ) else {
+                return Ok(INVALID_MEMORY_ACCESS);
+            };
+            let key = String::from_utf8_lossy(&key).into_owned();
+            let state = c.data_mut();
+            let cas = cas as u32;
+            if cas != 0
+                && state
+                    .shared_data
+                    .get(&key)
+                    .is_some_and(|(_, current)| *current != cas)
+            {
+                return Ok(CAS_MISMATCH);
+            }
+            let next = state.next_cas;
+            state.next_cas += 1;
+            state.shared_data.insert(key, (value, next));
+            Ok(OK)
         },
     )?;
 

@@ -615,6 +615,25 @@ impl Envoy {
             .collect()
     }
 
+    /// A shared-data value (what every worker's VM sees), if set.
+    pub fn shared_data(&self, key: &str) -> Option<Vec<u8>> {
+        self.store
+            .data()
+            .shared_data
+            .get(key)
+            .map(|(v, _)| v.clone())
+    }
+
+    /// Set a shared-data value as another worker's VM would.
+    pub fn set_shared_data(&mut self, key: &str, value: &[u8]) {
+        let state = self.store.data_mut();
+        let cas = state.next_cas;
+        state.next_cas += 1;
+        state
+            .shared_data
+            .insert(key.to_string(), (value.to_vec(), cas));
+    }
+
     pub fn logs(&self) -> &[LogLine] {
         &self.store.data().logs
     }

@@ -12,6 +12,7 @@ pub const OK: i32 = 0;
 pub const NOT_FOUND: i32 = 1;
 pub const BAD_ARGUMENT: i32 = 2;
 pub const INVALID_MEMORY_ACCESS: i32 = 6;
+pub const CAS_MISMATCH: i32 = 8;
 pub const UNIMPLEMENTED: i32 = 12;
 
 /// The VM callback being run, so that host calls can apply Envoy's per-callback rules.
@@ -143,6 +144,10 @@ pub struct State {
     pub faults: Faults,
     /// Host calls made by the module, by name (a cost figure, and proof of what is used).
     pub host_calls: BTreeMap<&'static str, u64>,
+    /// proxy-wasm shared data (Envoy: one store per vm_id, shared by every worker's VM): value
+    /// and CAS by key.
+    pub shared_data: BTreeMap<String, (Vec<u8>, u32)>,
+    pub next_cas: u32,
 }
 
 impl State {
@@ -166,6 +171,8 @@ impl State {
             violations: Vec::new(),
             faults,
             host_calls: BTreeMap::new(),
+            shared_data: BTreeMap::new(),
+            next_cas: 1,
         }
     }
 

@@ -1,0 +1,60 @@
+//! Learned cutoffs shared between Envoy's workers. Each worker runs its own VM, and a worker's
+//! connections would otherwise each have to die to teach it what another worker already knows.
+//! proxy-wasm shared data is one store per vm_id that every VM reads and writes; the value is
+//! the cutoff in ms as text ("0": none).
+
+use super::host;
+use crate::duration::Millis;
+
+const KEY_PREFIX: &str = "redis_idle_guard.idle_cutoff.";
+/// A worker looks at the other workers' estimates this often.
+pub const POLL_MS: Millis = 1_000;
+/// CAS retries when several workers publish at once.
+const PUBLISH_ATTEMPTS: u32 = 4;
+
+fn key(cluster: &str) -> String {
+    format!("{KEY_PREFIX}{cluster}")
+}
+
+fn decode(bytes: &[u8]) -> Option<Option<Millis>> {
+    let ms: Millis = std::str::from_utf8(bytes).ok()?.trim().parse().ok()?;
+    Some((ms > 0).then_some(ms))
+}
+
+/// The shared estimate for `cluster` and its CAS; None if none is published (or unreadable).
+pub fn read(cluster: &str) -> Option<(Option<Millis>, u32)> {
+    let (bytes, cas) = host::shared_data(&key(cluster)).ok()??;
+    Some((decode(&bytes)?, cas))
+}
+
+/// Publish this worker's new estimate. A shorter cutoff than the shared one replaces it (deaths
+/// only ever tighten it); `None` (a survival proved `dropped` wrong) replaces it only if the
+/// shared value is still `dropped`, so a tighter estimate another worker published meanwhile
+/// stands. Best effort: on a refusal each worker simply keeps its own.
+pub fn publish(cluster: &str, estimate: Option<Millis>, dropped: Option<Millis>) {
+    let key = key(cluster);
+    for _ in 0..PUBLISH_ATTEMPTS {
+        let current = match host::shared_data(&key) {
+            Ok(Some((bytes, cas))) => Some((decode(&bytes).flatten(), cas)),
+            Ok(None) => None,
+            Err(_) => return,
+        };
+        let write = match (estimate, current) {
+            (_, None) => true,
+            (Some(mine), Some((Some(shared), _))) => mine < shared,
+            (Some(_), Some((None, _))) => true,
+            (None, Some((shared, _))) => shared.is_some() && shared == dropped,
+        };
+        if !write {
+            return;
+        }
+        let cas = current.map_or(0, |(_, cas)| cas);
+        let text = estimate.unwrap_or(0).to_string();
+        match host::set_shared_data(&key, text.as_bytes(), cas) {
+            Ok(()) => return,
+            // Another worker wrote first: look again.
+            Err(host::Refused(8)) => continue,
+            Err(_) => return,
+        }
+    }
+}
