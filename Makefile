@@ -85,10 +85,12 @@ fuzz-smoke:
 
 test: setup lint test-core fuzz-smoke test-e2e
 
-# The incident, then the short idle-death matrix (faults × chains × clients).
+# The incident, the short idle-death matrix (faults × chains × clients), then the filter learning
+# a NAT's idle cutoff it is not told (keepalive_interval "auto").
 demo: setup build
 	$(PY) tests/lab/demo.py --wasm $(WASM)
 	$(PY) tests/lab/matrix.py --short --wasm $(WASM)
+	$(PY) tests/lab/learning.py --wasm $(WASM)
 
 # The full matrix: every fault × chain × client, 3 rounds each (a few minutes).
 matrix: setup build
