@@ -511,3 +511,74 @@ fn ping_and_its_replies_are_what_redis_protocol_encodes() {
         PONG_RESP2_SUB
     );
 }
+
+// ---- idle spells: the evidence the learned cutoff is built from ----
+
+fn spells(w: &mut World) -> Vec<Event> {
+    events(w)
+        .into_iter()
+        .filter(|e| matches!(e, Event::IdleSurvived { .. } | Event::IdleDeath { .. }))
+        .collect()
+}
+
+#[test]
+fn an_answered_keepalive_is_a_survived_spell() {
+    let mut w = world();
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    w.advance(20);
+    w.server(PONG);
+    assert_eq!(spells(&mut w), vec![Event::IdleSurvived { idle_ms: 1_000 }]);
+}
+
+#[test]
+fn a_command_after_a_long_spell_is_reported_when_answered_and_short_ones_are_not() {
+    let mut w = World::new(Config {
+        keepalive_interval: None,
+        ping_timeout: 500,
+        probe_after: None,
+        learn: None,
+    });
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    w.now += 400;
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    assert_eq!(spells(&mut w), vec![], "400 ms is below MIN_REPORTED_SPELL");
+    w.now += 2_500;
+    w.client(&cmd(&["GET", "a"]));
+    w.now += 1;
+    w.server(b"$-1\r\n");
+    assert_eq!(spells(&mut w), vec![Event::IdleSurvived { idle_ms: 2_500 }]);
+}
+
+#[test]
+fn an_unanswered_keepalive_is_a_death_after_the_spell_it_was_sent_after() {
+    let mut w = world();
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    assert_eq!(w.advance(500), TickAction::Close(CloseReason::PingTimeout));
+    assert_eq!(spells(&mut w), vec![Event::IdleDeath { idle_ms: 1_000 }]);
+}
+
+#[test]
+fn a_fin_while_idle_is_a_death_after_the_silence_so_far_and_a_busy_one_is_not() {
+    let mut w = world();
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    w.now += 700;
+    assert!(w.session.upstream_closed(w.now));
+    assert_eq!(spells(&mut w), vec![Event::IdleDeath { idle_ms: 700 }]);
+
+    let mut busy = world();
+    busy.client(&cmd(&["GET", "a"]));
+    busy.now += 700;
+    assert!(!busy.session.upstream_closed(busy.now));
+    assert_eq!(
+        spells(&mut busy),
+        vec![],
+        "a command was in flight: not an idle death"
+    );
+}
