@@ -80,7 +80,7 @@ impl Metric {
 /// `redis_idle_guard.upstream.idle_deaths{upstream_cluster="redis"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamMetric {
-    Connections,
+    ConnectionsOpened,
     KeepaliveSent,
     KeepaliveFailed,
     ReconnectSignals,
@@ -94,7 +94,7 @@ pub enum UpstreamMetric {
 
 impl UpstreamMetric {
     pub const ALL: [UpstreamMetric; 10] = [
-        UpstreamMetric::Connections,
+        UpstreamMetric::ConnectionsOpened,
         UpstreamMetric::KeepaliveSent,
         UpstreamMetric::KeepaliveFailed,
         UpstreamMetric::ReconnectSignals,
@@ -109,7 +109,7 @@ impl UpstreamMetric {
     /// The last part of the name, after the tag.
     pub fn suffix(self) -> &'static str {
         match self {
-            UpstreamMetric::Connections => "connections",
+            UpstreamMetric::ConnectionsOpened => "connections_opened",
             UpstreamMetric::KeepaliveSent => "keepalive.sent",
             UpstreamMetric::KeepaliveFailed => "keepalive.failed",
             UpstreamMetric::ReconnectSignals => "reconnect_signals",
@@ -156,8 +156,8 @@ mod tests {
             "redis_idle_guard.upstream.upstream_cluster=.=outbound|6379||redis.default.svc.cluster.local;.;idle_deaths"
         );
         assert_eq!(
-            UpstreamMetric::Connections.name("a;b"),
-            "redis_idle_guard.upstream.upstream_cluster=.=a_b;.;connections"
+            UpstreamMetric::ConnectionsOpened.name("a;b"),
+            "redis_idle_guard.upstream.upstream_cluster=.=a_b;.;connections_opened"
         );
         for (i, m) in UpstreamMetric::ALL.iter().enumerate() {
             assert_eq!(m.index(), i);

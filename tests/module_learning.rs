@@ -156,7 +156,7 @@ fn a_redis_timeout_is_learned_from_the_first_deaths_and_then_nobody_dies() {
     let interval = e.stat(&upstream_stat("redis", "keepalive_interval_ms"));
     assert_eq!(interval, cutoff / 2);
     assert_eq!(e.stat(&upstream_stat("redis", "idle_deaths")), 4);
-    assert_eq!(e.stat(&upstream_stat("redis", "connections")), 8);
+    assert_eq!(e.stat(&upstream_stat("redis", "connections_opened")), 8);
     assert!(
         e.stat(stat::SENT) > 100,
         "keepalives every 1.5 s on 4 connections for ~57 s"

@@ -137,7 +137,7 @@ impl Registry {
             stats::upstream_record(upstream, UpstreamMetric::KeepaliveIntervalMs, interval);
             stats::upstream_record(upstream, UpstreamMetric::IdleCutoffMs, 0);
         }
-        stats::upstream_add(upstream, UpstreamMetric::Connections, 1);
+        stats::upstream_add(upstream, UpstreamMetric::ConnectionsOpened, 1);
         let learned = self.upstreams.interval(upstream, self.config.learn);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
