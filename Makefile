@@ -60,12 +60,15 @@ test-core: setup-rust setup-py
 test-e2e: setup build
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
-# What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, the filter (defaults;
+# What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, a no-op Wasm filter
+# (the floor of any Wasm filter), the filter (defaults;
 # keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request; latency
 # at a fixed rate; wasm instructions per request (wasmtime fuel); then 10,000 idle connections
 # through one Envoy worker. Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
+NOOP_WASM := target/noop/$(WASM_TARGET)/release/noop_filter.wasm
 bench: setup-rust setup-apt setup-py build
-	$(PY) tests/bench/bench.py --wasm $(WASM) $(BENCH_ARGS)
+	cargo build --manifest-path tests/bench/noop_filter/Cargo.toml --target $(WASM_TARGET) --release --target-dir target/noop
+	$(PY) tests/bench/bench.py --wasm $(WASM) --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
 	$(PY) tests/bench/scale.py --wasm $(WASM) $(BENCH_ARGS)
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.

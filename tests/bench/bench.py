@@ -7,6 +7,9 @@ Configurations, all to the same redis-server on 127.0.0.1, each Envoy with one w
 (`--concurrency 1`), nothing pinned:
   A  direct Redis (no Envoy)
   B  Envoy, bare tcp_proxy
+  F  Envoy, a no-op proxy-wasm filter (tests/bench/noop_filter: every callback returns Continue)
+     + tcp_proxy: the floor of any Wasm network filter, so "C vs F" is what redis-idle-guard
+     itself adds on top of Envoy's Wasm plumbing
   C  Envoy, redis-idle-guard (default configuration) + tcp_proxy
   D  Envoy, redis-idle-guard with keepalive_interval 100ms, probe_after 100ms + tcp_proxy
   E  Envoy redis_proxy (answers PING itself, RESP2 only, one pooled upstream connection)
@@ -52,6 +55,7 @@ FREQUENT = {"keepalive_interval": "100ms", "probe_after": "100ms"}
 CONFIGS = {
     "A": "direct Redis",
     "B": "Envoy tcp_proxy",
+    "F": "Envoy + no-op Wasm filter (the floor)",
     "C": "Envoy + guard (defaults)",
     "D": "Envoy + guard (keepalive 100ms, probe 100ms)",
     "E": "Envoy redis_proxy",
@@ -300,8 +304,10 @@ def summarize(runs: List[Run], wl: List[Workload], keys: List[str]):
             rps = [r.rps for r in mine]
             cpu = [r.envoy_us_per_req for r in mine]
             rcpu = [r.redis_us_per_req for r in mine]
-            ratio, cpu_ratio = [], []
+            ratio, cpu_ratio, ratio_f = [], [], []
             for n in rounds:
+                if (n, w, k) in by and (n, w, "F") in by and by[(n, w, k)].ok and by[(n, w, "F")].ok:
+                    ratio_f.append(by[(n, w, k)].rps / by[(n, w, "F")].rps)
                 if (n, w, k) in by and (n, w, "B") in by and by[(n, w, k)].ok and by[(n, w, "B")].ok:
                     ratio.append(by[(n, w, k)].rps / by[(n, w, "B")].rps)
                     mc, bc = by[(n, w, k)].envoy_us_per_req, by[(n, w, "B")].envoy_us_per_req
@@ -313,6 +319,7 @@ def summarize(runs: List[Run], wl: List[Workload], keys: List[str]):
                 "rps_median": median(rps), "rps_min": min(rps), "rps_max": max(rps),
                 "ratio_vs_B_median": median(ratio), "ratio_vs_B_min": min(ratio) if ratio else None,
                 "ratio_vs_B_max": max(ratio) if ratio else None,
+                "ratio_vs_F_median": median(ratio_f) if ratio_f else None,
                 "envoy_us_per_req_median": median(cpu),
                 "envoy_us_per_req_min": min([c for c in cpu if c is not None], default=None),
                 "envoy_us_per_req_max": max([c for c in cpu if c is not None], default=None),
@@ -332,16 +339,17 @@ def _r(lo, hi):
 
 def throughput_table(summary: List[dict]) -> Tuple[List[list], List[str]]:
     headers = ["workload", "cfg", "krps median", "krps min–max", "rps vs B", "vs B min–max",
-               "Envoy µs/req", "µs/req min–max", "CPU vs B", "Redis µs/req", "runs ok"]
+               "rps vs F", "Envoy µs/req", "µs/req min–max", "CPU vs B", "Redis µs/req", "runs ok"]
     rows = []
     for s in summary:
         if "rps_median" not in s:
-            rows.append([s["workload"], s["config"]] + ["failed"] + ["n/a"] * 7 + [s["runs_ok"]])
+            rows.append([s["workload"], s["config"]] + ["failed"] + ["n/a"] * 8 + [s["runs_ok"]])
             continue
         rows.append([
             s["workload"], s["config"],
             fmt(s["rps_median"] / 1000, 1), fmt_range((s["rps_min"] / 1000, s["rps_max"] / 1000), 1),
             fmt(s["ratio_vs_B_median"], 2), fmt_range(_r(s["ratio_vs_B_min"], s["ratio_vs_B_max"]), 2),
+            fmt(s.get("ratio_vs_F_median"), 2),
             fmt(s["envoy_us_per_req_median"], 2),
             fmt_range(_r(s["envoy_us_per_req_min"], s["envoy_us_per_req_max"]), 2),
             fmt(s["envoy_cpu_vs_B_median"], 2), fmt(s["redis_us_per_req_median"], 2),
@@ -459,7 +467,7 @@ def guard_snapshot(targets: Dict[str, Target]) -> Dict[str, Dict[str, float]]:
     """The filter's counters (not its gauges) on each Envoy that runs it."""
     out = {}
     for k, t in targets.items():
-        if t.envoy is not None and t.envoy.with_filter:
+        if t.envoy is not None and t.envoy.with_filter and k != "F":
             out[k] = {n: v for n, v in t.envoy.guard_stats().items() if n not in GAUGES}
     return out
 
@@ -471,7 +479,10 @@ def main() -> int:
                     "(default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 1/20 of the requests, short latency runs")
-    ap.add_argument("--configs", default="ABCDE", help="subset of A B C D E (default all)")
+    ap.add_argument("--configs", default="ABFCDE", help="subset of A B F C D E (default all)")
+    ap.add_argument("--noop-wasm", type=Path,
+                    default=REPO_ROOT / "target/noop/wasm32-unknown-unknown/release/noop_filter.wasm",
+                    help="the no-op filter for F (make bench builds it)")
     ap.add_argument("--latency-rate", type=float, default=1000.0, help="req/s (default 1000)")
     ap.add_argument("--latency-requests", type=int, default=None,
                     help="per configuration and round (default 3000; 300 with --quick)")
@@ -489,13 +500,16 @@ def main() -> int:
     scale = 0.05 if args.quick else 1.0
     lat_requests = args.latency_requests or (300 if args.quick else 3000)
     run_timeout = args.run_timeout or (30.0 if args.quick else 90.0)
-    keys = [k for k in "ABCDE" if k in args.configs.upper()]
+    keys = [k for k in "ABFCDE" if k in args.configs.upper()]
     if "B" not in keys and not args.instructions_only:
         keys.insert(1 if "A" in keys else 0, "B")  # every ratio is against B
     wl = workloads(scale)
     needs_wasm = any(k in keys for k in "CD") and not args.instructions_only
     if needs_wasm and not args.wasm.exists():
         print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
+        return 2
+    if "F" in keys and not args.instructions_only and not args.noop_wasm.exists():
+        print(f"error: {args.noop_wasm} does not exist; `make bench` builds it", file=sys.stderr)
         return 2
     if not args.instructions_only and not Path(REDIS_BENCHMARK).exists():
         print(f"error: {REDIS_BENCHMARK} not found (Debian redis-tools; `make setup-apt`)",
@@ -516,7 +530,7 @@ def main() -> int:
         "pinned (on 2 cores, pinning Envoy alone would squeeze Redis and redis-benchmark onto one "
         "core and make the client the bottleneck).",
         f"{rounds} recorded round(s) after one unrecorded warm-up pass; in every round each "
-        "workload runs on A B C D E back to back. Medians over rounds; spread is min–max; "
+        "workload runs on each configuration back to back. Medians over rounds; spread is min–max; "
         "'vs B' ratios are taken per round against B's run of the same workload in that round, "
         "then their median.",
         "Envoy µs/req: utime+stime of the Envoy process (all threads) from /proc/<pid>/stat, "
@@ -562,6 +576,9 @@ def main() -> int:
                 continue
             if k == "B":
                 envoy = EnvoyProxy(redis.address, name="envoy-B-tcp-proxy")
+            elif k == "F":
+                envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm, plugin_config=None,
+                                   name="envoy-F-noop-wasm")
             elif k == "C":
                 envoy = EnvoyProxy(redis.address, wasm=args.wasm, plugin_config=None,
                                    name="envoy-C-guard")
