@@ -481,6 +481,40 @@ impl Session {
         self.ping_clock = None;
     }
 
+    /// A client read that lies wholly inside a payload the framer is skipping (a large value
+    /// arriving in several reads): no frame ends in it, and nothing can be sent before its
+    /// frame ends, so the filter needs neither the bytes, nor the time, nor a paused buffer.
+    /// Consumes it and returns true; false means: call [`Session::on_client_data`].
+    pub fn skip_client_payload(&mut self, len: usize) -> bool {
+        if len == 0
+            || self.follow != Follow::Active
+            || self.closed
+            || self.client_gone
+            || self.probe.is_some()
+            || self.release.is_some()
+            || len as u64 > self.requests.skippable()
+        {
+            return false;
+        }
+        self.requests.skip(len as u64);
+        true
+    }
+
+    /// The same for a read of Redis's inside a reply payload (never one of the filter's own
+    /// replies, which are short and framed whole).
+    pub fn skip_server_payload(&mut self, len: usize) -> bool {
+        if len == 0
+            || self.follow == Follow::Detached
+            || !self.carry.is_empty()
+            || self.probe.is_some()
+            || len as u64 > self.replies.skippable()
+        {
+            return false;
+        }
+        self.replies.skip(len as u64);
+        true
+    }
+
     /// Client bytes, on their way to Redis. They are never changed, but they may be held back
     /// (probe before stale reuse) and put back on the wire, in order, after the probe.
     pub fn on_client_data(&mut self, now: Millis, buf: &mut dyn Buffer) {

@@ -147,7 +147,28 @@ impl Connection {
         Action::Continue
     }
 
+    /// A read inside a payload the filter skips: let it through untouched, with no host call
+    /// (no clock, no bytes, no pause: nothing can be injected before its frame ends).
+    fn skip_payload(&self, size: usize, end_of_stream: bool, client: bool) -> bool {
+        if end_of_stream {
+            return false;
+        }
+        let Ok(mut registry) = self.registry.try_borrow_mut() else {
+            return false;
+        };
+        registry.sessions.get_mut(&self.id).is_some_and(|s| {
+            if client {
+                s.skip_client_payload(size)
+            } else {
+                s.skip_server_payload(size)
+            }
+        })
+    }
+
     pub fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
+        if self.skip_payload(size, end_of_stream, true) {
+            return Action::Continue;
+        }
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };
@@ -189,6 +210,9 @@ impl Connection {
 
     pub fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
         // Never Pause here: Envoy cannot resume the write path.
+        if self.skip_payload(size, end_of_stream, false) {
+            return Action::Continue;
+        }
         let Ok(now) = host::now_ms() else {
             return Action::Continue;
         };

@@ -68,6 +68,21 @@ impl ParkedFramer {
         }
     }
 
+    /// Payload bytes that can be consumed unseen right now (0 between frames).
+    pub fn skippable(&self) -> u64 {
+        match &self.state {
+            State::Between { .. } => 0,
+            State::Within(f) => f.skippable(),
+        }
+    }
+
+    /// Consume `n <= skippable()` payload bytes unseen.
+    pub fn skip(&mut self, n: u64) {
+        if let State::Within(f) = &mut self.state {
+            f.skip(n);
+        }
+    }
+
     /// True while this connection holds a framer of its own (a frame spans reads, or the
     /// stream failed to parse).
     pub fn is_unparked(&self) -> bool {

@@ -10,6 +10,9 @@ Configurations, all to the same redis-server on 127.0.0.1, each Envoy with one w
   F  Envoy, a no-op proxy-wasm filter (tests/bench/noop_filter: every callback returns Continue)
      + tcp_proxy: the floor of any Wasm network filter, so "C vs F" is what redis-idle-guard
      itself adds on top of Envoy's Wasm plumbing
+  G  the same no-op filter, but pausing every client read and continuing it at once (what
+     redis-idle-guard does to keep Envoy's read buffer for a PING from the timer, and nothing
+     else): "G vs F" is the price of that technique
   C  Envoy, redis-idle-guard (default configuration) + tcp_proxy
   D  Envoy, redis-idle-guard with keepalive_interval 100ms, probe_after 100ms + tcp_proxy
   E  Envoy redis_proxy (answers PING itself, RESP2 only, one pooled upstream connection)
@@ -56,6 +59,7 @@ CONFIGS = {
     "A": "direct Redis",
     "B": "Envoy tcp_proxy",
     "F": "Envoy + no-op Wasm filter (the floor)",
+    "G": "Envoy + no-op Wasm filter that pauses+continues each read",
     "C": "Envoy + guard (defaults)",
     "D": "Envoy + guard (keepalive 100ms, probe 100ms)",
     "E": "Envoy redis_proxy",
@@ -467,7 +471,7 @@ def guard_snapshot(targets: Dict[str, Target]) -> Dict[str, Dict[str, float]]:
     """The filter's counters (not its gauges) on each Envoy that runs it."""
     out = {}
     for k, t in targets.items():
-        if t.envoy is not None and t.envoy.with_filter and k != "F":
+        if t.envoy is not None and t.envoy.with_filter and k not in "FG":
             out[k] = {n: v for n, v in t.envoy.guard_stats().items() if n not in GAUGES}
     return out
 
@@ -479,7 +483,9 @@ def main() -> int:
                     "(default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 1/20 of the requests, short latency runs")
-    ap.add_argument("--configs", default="ABFCDE", help="subset of A B F C D E (default all)")
+    ap.add_argument("--configs", default="ABFGCDE", help="subset of A B F G C D E (default all)")
+    ap.add_argument("--only", default="", help="only workloads whose name contains this "
+                    "(e.g. '16B', 'P1 ')")
     ap.add_argument("--noop-wasm", type=Path,
                     default=REPO_ROOT / "target/noop/wasm32-unknown-unknown/release/noop_filter.wasm",
                     help="the no-op filter for F (make bench builds it)")
@@ -500,15 +506,15 @@ def main() -> int:
     scale = 0.05 if args.quick else 1.0
     lat_requests = args.latency_requests or (300 if args.quick else 3000)
     run_timeout = args.run_timeout or (30.0 if args.quick else 90.0)
-    keys = [k for k in "ABFCDE" if k in args.configs.upper()]
+    keys = [k for k in "ABFGCDE" if k in args.configs.upper()]
     if "B" not in keys and not args.instructions_only:
         keys.insert(1 if "A" in keys else 0, "B")  # every ratio is against B
-    wl = workloads(scale)
+    wl = [w for w in workloads(scale) if args.only in w.name]
     needs_wasm = any(k in keys for k in "CD") and not args.instructions_only
     if needs_wasm and not args.wasm.exists():
         print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
         return 2
-    if "F" in keys and not args.instructions_only and not args.noop_wasm.exists():
+    if ("F" in keys or "G" in keys) and not args.instructions_only and not args.noop_wasm.exists():
         print(f"error: {args.noop_wasm} does not exist; `make bench` builds it", file=sys.stderr)
         return 2
     if not args.instructions_only and not Path(REDIS_BENCHMARK).exists():
@@ -579,6 +585,10 @@ def main() -> int:
             elif k == "F":
                 envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm, plugin_config=None,
                                    name="envoy-F-noop-wasm")
+            elif k == "G":
+                # Any configuration switches the no-op filter to pause+continue.
+                envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm,
+                                   plugin_config={"pause": True}, name="envoy-G-noop-pause")
             elif k == "C":
                 envoy = EnvoyProxy(redis.address, wasm=args.wasm, plugin_config=None,
                                    name="envoy-C-guard")
