@@ -48,8 +48,10 @@ UPSTREAM = "redis_idle_guard.upstream.upstream_cluster=.=redis;.;"
 
 @dataclass
 class LearningRun:
-    cutoff_s: int
+    cutoff_s: float
     config: Dict[str, str]
+    # Connections each Envoy worker accepted (Envoy's per-worker listener stats).
+    per_worker: Dict[str, int] = field(default_factory=dict)
     deaths: List[float] = field(default_factory=list)
     unexpected: List[bytes] = field(default_factory=list)
     learned: Dict[str, float] = field(default_factory=dict)
@@ -107,9 +109,12 @@ async def _use_after_idle(address, idle_s, timeout_s):
 
 
 def run(guard: EnvoyProxy, plain: EnvoyProxy,
-        say: Callable[[str], None] = lambda _m: None) -> LearningRun:
-    """The three phases (see the module doc) against two running Envoys behind a NatTimeout."""
-    result = LearningRun(cutoff_s=CUTOFF_S, config=dict(AUTO))
+        say: Callable[[str], None] = lambda _m: None,
+        cutoff_s: float = CUTOFF_S) -> LearningRun:
+    """The three phases (see the module doc) against two running Envoys behind a fault whose
+    idle cutoff is `cutoff_s` (NatTimeout or RedisTimeout)."""
+    result = LearningRun(cutoff_s=cutoff_s, config=dict(AUTO))
+    reuse_idle_s = cutoff_s + 2.0
 
     async def idle_pool(slots, seconds, deaths):
         t0 = time.monotonic()
@@ -130,16 +135,18 @@ def run(guard: EnvoyProxy, plain: EnvoyProxy,
     result.adopted_log = [ln.split("redis-idle-guard: ", 1)[-1]
                           for ln in guard.log_text().splitlines() if "another worker learned" in ln]
 
-    say(f"  3. 4 connections through each Envoy: SET, idle {REUSE_IDLE_S:g} s, GET")
+    say(f"  3. 4 connections through each Envoy: SET, idle {reuse_idle_s:g} s, GET")
 
     async def reuse(envoy):
-        return await asyncio.gather(*(_use_after_idle(envoy.address, REUSE_IDLE_S, 2.5)
+        return await asyncio.gather(*(_use_after_idle(envoy.address, reuse_idle_s, 2.5)
                                       for _ in range(4)))
 
     async def both():
         return await asyncio.gather(reuse(guard), reuse(plain))
 
     result.guarded_reuse, result.plain_reuse = asyncio.run(both())
+    result.per_worker = {k.split(".")[-2]: v for k, v in
+                         guard.stats(r"worker_\d+\.downstream_cx_total").items()}
     result.prometheus = [ln for ln in guard.prometheus_text().splitlines()
                          if ln.startswith("redis_idle_guard_upstream_") and "_bucket" not in ln]
     return result
