@@ -14,6 +14,8 @@ pub const METRIC_GAUGE: u32 = 1;
 pub const METRIC_HISTOGRAM: u32 = 2;
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
+/// `proxy_set_shared_data` with a CAS that is no longer the value's.
+pub const STATUS_CAS_MISMATCH: u32 = 8;
 
 /// A host call that did not return Ok, with the raw status (1 NotFound, 2 BadArgument, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

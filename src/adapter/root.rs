@@ -36,6 +36,9 @@ impl Registry {
             .get(upstream)
             .map_or("", |u| u.cluster.as_str());
         stats::record_events(id, upstream, cluster, events);
+        if self.config.learn.is_none() {
+            return;
+        }
         for event in events {
             let before = self
                 .upstreams
@@ -113,11 +116,8 @@ impl Registry {
             change.interval,
         );
         for (&id, session) in self.sessions.iter_mut() {
-            if session.upstream() == change.upstream
-                && session.keepalive_interval() != Some(change.interval)
-            {
-                session.set_keepalive_interval(Some(change.interval));
-                self.schedule.arm(id, session.next_deadline());
+            if session.upstream() == change.upstream {
+                follow_interval(&mut self.schedule, id, session, change.interval);
             }
         }
     }
@@ -127,27 +127,20 @@ impl Registry {
         let Some((upstream, new)) = self.upstreams.register(cluster) else {
             return;
         };
+        let learned = self.upstreams.interval(upstream, self.config.learn);
         if new {
             stats::define_upstream(upstream, cluster);
-            let interval = self
-                .upstreams
-                .interval(upstream, self.config.learn)
-                .or(self.config.keepalive_interval)
-                .unwrap_or(0);
+            let interval = learned.or(self.config.keepalive_interval).unwrap_or(0);
             stats::upstream_record(upstream, UpstreamMetric::KeepaliveIntervalMs, interval);
             stats::upstream_record(upstream, UpstreamMetric::IdleCutoffMs, 0);
         }
         stats::upstream_add(upstream, UpstreamMetric::ConnectionsOpened, 1);
-        let learned = self.upstreams.interval(upstream, self.config.learn);
         let Some(session) = self.sessions.get_mut(&id) else {
             return;
         };
         session.set_upstream(upstream);
         if let Some(interval) = learned {
-            if session.keepalive_interval() != Some(interval) {
-                session.set_keepalive_interval(Some(interval));
-                self.schedule.arm(id, session.next_deadline());
-            }
+            follow_interval(&mut self.schedule, id, session, interval);
         }
     }
 
@@ -156,6 +149,14 @@ impl Registry {
             self.schedule.forget(id);
             stats::add(Metric::Connections, -1);
         }
+    }
+}
+
+/// Put a connection on its upstream's keepalive interval, re-arming its timer if it changed.
+fn follow_interval(schedule: &mut Schedule, id: u32, session: &mut Session, interval: u64) {
+    if session.keepalive_interval() != Some(interval) {
+        session.set_keepalive_interval(Some(interval));
+        schedule.arm(id, session.next_deadline());
     }
 }
 

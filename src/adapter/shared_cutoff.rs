@@ -53,7 +53,7 @@ pub fn publish(cluster: &str, estimate: Option<Millis>, dropped: Option<Millis>)
         match host::set_shared_data(&key, text.as_bytes(), cas) {
             Ok(()) => return,
             // Another worker wrote first: look again.
-            Err(host::Refused(8)) => continue,
+            Err(host::Refused(host::STATUS_CAS_MISMATCH)) => continue,
             Err(_) => return,
         }
     }

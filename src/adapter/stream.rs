@@ -64,10 +64,16 @@ impl Connection {
     /// Run `f` on this connection's session, then record its events and re-arm its timer.
     /// None when there is no session (stepped aside at birth) or the registry is busy.
     fn with_session<R>(&self, f: impl FnOnce(&mut Session) -> R) -> Option<R> {
+        self.try_with_session(|s| Some(f(s)))
+    }
+
+    /// As [`Connection::with_session`], but `f` may decline (None), and then nothing is
+    /// recorded or re-armed: the session did not change.
+    fn try_with_session<R>(&self, f: impl FnOnce(&mut Session) -> Option<R>) -> Option<R> {
         let mut guard = self.registry.try_borrow_mut().ok()?;
         let registry = &mut *guard;
         let session = registry.sessions.get_mut(&self.id)?;
-        let result = f(session);
+        let result = f(session)?;
         let events = session.take_events();
         let upstream = session.upstream();
         let next = session.next_deadline();
@@ -147,33 +153,35 @@ impl Connection {
         Action::Continue
     }
 
-    /// A read inside a payload the filter skips: let it through untouched, with no host call
-    /// (no clock, no bytes, no pause: nothing can be injected before its frame ends).
-    fn skip_payload(&self, size: usize, end_of_stream: bool, client: bool) -> bool {
-        if end_of_stream {
-            return false;
-        }
-        let Ok(mut registry) = self.registry.try_borrow_mut() else {
-            return false;
-        };
-        registry.sessions.get_mut(&self.id).is_some_and(|s| {
-            if client {
-                s.skip_client_payload(size)
-            } else {
-                s.skip_server_payload(size)
+    /// A data callback's work on the session, given the host clock. A read that lies wholly
+    /// inside a payload the filter skips is consumed with no host call (no clock, no bytes, no
+    /// pause: nothing can be injected before its frame ends) and `f` is not run: None, as when
+    /// there is no session or no clock; either way the bytes just go on.
+    fn on_data<R>(
+        &self,
+        size: usize,
+        end_of_stream: bool,
+        client: bool,
+        f: impl FnOnce(&mut Session, u64) -> R,
+    ) -> Option<R> {
+        self.try_with_session(|s| {
+            let skipped = !end_of_stream
+                && if client {
+                    s.skip_client_payload(size)
+                } else {
+                    s.skip_server_payload(size)
+                };
+            if skipped {
+                return None;
             }
+            let now = host::now_ms().ok()?;
+            Some(f(s, now))
         })
     }
 
     pub fn on_downstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
-        if self.skip_payload(size, end_of_stream, true) {
-            return Action::Continue;
-        }
-        let Ok(now) = host::now_ms() else {
-            return Action::Continue;
-        };
         self.identify_upstream();
-        let outcome = self.with_session(|s| {
+        let outcome = self.on_data(size, end_of_stream, true, |s, now| {
             // Before the data: bytes held by a probe must go out ahead of the client's FIN.
             if end_of_stream {
                 s.client_closed();
@@ -210,14 +218,8 @@ impl Connection {
 
     pub fn on_upstream_data(&mut self, size: usize, end_of_stream: bool) -> Action {
         // Never Pause here: Envoy cannot resume the write path.
-        if self.skip_payload(size, end_of_stream, false) {
-            return Action::Continue;
-        }
-        let Ok(now) = host::now_ms() else {
-            return Action::Continue;
-        };
         self.identify_upstream();
-        let close = self.with_session(|s| {
+        let close = self.on_data(size, end_of_stream, false, |s, now| {
             s.on_server_data(now, &mut HostBuffer::upstream(size));
             // Redis's FIN, on its way to the client: tcp_proxy closes the client connection
             // next. While the client is idle, that close is the reconnect signal.
