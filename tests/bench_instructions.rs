@@ -135,6 +135,7 @@ fn measure_requests(config_name: &str, plugin_config: &str, w: &Workload) {
     }
     let batches = w.requests / w.pipeline;
     let calls_before = e.host_calls().clone();
+    let malloc_before = e.malloc_fuel();
     let (mut down, mut up) = (0u64, 0u64);
     for i in 0..batches {
         let (d, u) = round_trip(&mut e, conns[i % CLIENTS], &batch, &reply, w.pipeline);
@@ -144,16 +145,18 @@ fn measure_requests(config_name: &str, plugin_config: &str, w: &Workload) {
     let n = batches * w.pipeline;
     let calls = host_call_delta(&calls_before, e.host_calls());
     let call_total: u64 = calls.values().sum();
+    let malloc = e.malloc_fuel() - malloc_before;
     assert_eq!(e.stat(stat::PASSTHROUGH), 0, "the filter stepped aside");
     println!(
         "BENCH_INSTR {{\"kind\":\"request\",\"config\":\"{config_name}\",\"op\":\"{}\",\"pipeline\":{},\"size\":{},\"requests\":{n},\
-\"fuel_downstream\":{:.1},\"fuel_upstream\":{:.1},\"fuel_total\":{:.1},\"host_calls\":{:.2},\"host_calls_by_name\":{}}}",
+\"fuel_downstream\":{:.1},\"fuel_upstream\":{:.1},\"fuel_total\":{:.1},\"fuel_malloc\":{:.1},\"host_calls\":{:.2},\"host_calls_by_name\":{}}}",
         w.name(),
         w.pipeline,
         w.size,
         per(down, n),
         per(up, n),
         per(down + up, n),
+        per(malloc, n),
         per(call_total, n),
         calls_json(&calls, n),
     );
@@ -282,4 +285,40 @@ fn instructions_per_request_and_per_keepalive() {
         measure_keepalive(n);
     }
     measure_probe();
+}
+
+/// A time profile of the module: GET P1 16 B round trips without fuel, for `perf record -p`.
+/// `REDIS_IDLE_GUARD_PROFILE_SECONDS` (default 20) sets how long it runs.
+#[test]
+#[ignore]
+fn profile_get_p1() {
+    let mut e = Envoy::start(Options::default()).unwrap_or_else(|err| panic!("{err}"));
+    host::write_perf_map().unwrap();
+    let w = Workload {
+        op: Op::Get,
+        pipeline: 1,
+        size: 16,
+        requests: 0,
+    };
+    let value = "x".repeat(w.size);
+    let (request, reply) = (w.request(&value), w.reply(&value));
+    let conns: Vec<ConnId> = (0..CLIENTS).map(|_| e.connect()).collect();
+    let seconds: u64 = std::env::var("REDIS_IDLE_GUARD_PROFILE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(20);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
+    let mut n = 0usize;
+    println!("PROFILE_READY pid {}", std::process::id());
+    while std::time::Instant::now() < until {
+        for _ in 0..1000 {
+            let c = conns[n % CLIENTS];
+            e.client_send(c, &request);
+            e.redis_send(c, &reply);
+            e.take_redis(c);
+            e.take_client(c);
+            n += 1;
+        }
+    }
+    println!("PROFILE_DONE {n} requests");
 }

@@ -70,7 +70,11 @@ fn hand_over(caller: &mut C<'_>, bytes: &[u8], ptr_ptr: i32, size_ptr: i32) -> R
         .malloc
         .clone()
         .ok_or_else(|| format_err!("test host: module exports no malloc"))?;
+    let fuel_before = caller.get_fuel().ok();
     let ptr = malloc.call(&mut *caller, bytes.len() as i32)?;
+    if let (Some(before), Ok(after)) = (fuel_before, caller.get_fuel()) {
+        caller.data_mut().malloc_fuel += before - after;
+    }
     if ptr == 0 || !write(caller, ptr, bytes)? {
         return Ok(INVALID_MEMORY_ACCESS);
     }

@@ -70,6 +70,26 @@ fn compiled_with_fuel() -> &'static Compiled {
 /// The fuel an [`Options::fuel`] store starts with: far more than any test uses.
 const FUEL_BUDGET: u64 = 1 << 62;
 
+/// Write `/tmp/perf-<pid>.map` for the module's compiled functions, so that `perf record`
+/// of this process names them (a time profile of the module, Cranelift's code standing in for
+/// V8's). For profiling runs only.
+pub fn write_perf_map() -> std::io::Result<()> {
+    use std::io::Write;
+    let module = compiled().pre.module();
+    let text = module.text().as_ptr() as usize;
+    let mut out = std::io::BufWriter::new(std::fs::File::create(format!(
+        "/tmp/perf-{}.map",
+        std::process::id()
+    ))?);
+    for f in module.functions() {
+        let name = f
+            .name
+            .unwrap_or_else(|| format!("wasm-function[{}]", f.index.as_u32()));
+        writeln!(out, "{:x} {:x} {name}", text + f.offset, f.len)?;
+    }
+    out.flush()
+}
+
 /// The imports the module declares, and which of them this host implements.
 pub fn module_imports() -> Vec<(String, bool)> {
     let module = Module::from_file(&compiled().engine, wasm_path()).unwrap();
@@ -649,6 +669,11 @@ impl Envoy {
     pub fn fuel_used(&self) -> u64 {
         assert!(self.fuel, "fuel_used() needs Options {{ fuel: true, .. }}");
         FUEL_BUDGET - self.store.get_fuel().expect("fuel is on")
+    }
+
+    /// Of [`Envoy::fuel_used`], what the module's `malloc` took when the host handed it bytes.
+    pub fn malloc_fuel(&self) -> u64 {
+        self.store.data().malloc_fuel
     }
 
     pub fn host_calls(&self) -> &BTreeMap<&'static str, u64> {

@@ -148,6 +148,8 @@ pub struct State {
     /// and CAS by key.
     pub shared_data: BTreeMap<String, (Vec<u8>, u32)>,
     pub next_cas: u32,
+    /// Fuel spent inside the module's `malloc` when the host hands it bytes (with fuel on).
+    pub malloc_fuel: u64,
 }
 
 impl State {
@@ -163,6 +165,7 @@ impl State {
             vm_config,
             conns: BTreeMap::new(),
             next_context_id: ROOT_ID + 1,
+            malloc_fuel: 0,
             after_vm: VecDeque::new(),
             tick_period_ms: 0,
             next_tick_ns: None,
