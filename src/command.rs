@@ -139,7 +139,9 @@ mod tests {
         let mut framer = Framer::new(Side::Request, Limits::default());
         let mut frames = Vec::new();
         framer
-            .feed(format!("{line}\r\n").as_bytes(), &mut |f| frames.push(f))
+            .feed(format!("{line}\r\n").as_bytes(), &mut |f| {
+                frames.push(f.clone())
+            })
             .unwrap();
         assert_eq!(frames.len(), 1, "{line}");
         Command::classify(&frames[0].capture, in_multi)

@@ -55,8 +55,9 @@ pub trait Buffer {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Copy `len` bytes from `start`. `None` if the host refused.
-    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>>;
+    /// `len` bytes from `start` (fewer at the end). `None` if the host refused. Borrowed until
+    /// the next call: the adapter reads into one reused buffer.
+    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]>;
     /// Replace bytes `[0, upto)` with `with` (`upto == 0` prepends). False if the host refused.
     fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool;
 }
@@ -256,7 +257,7 @@ struct ReplyPass<'a> {
 }
 
 impl ReplyPass<'_> {
-    fn on_reply(&mut self, frame: Frame) {
+    fn on_reply(&mut self, frame: &Frame) {
         *self.last_end = frame.end;
         if *self.follow == Follow::Detached || self.lost.is_some() {
             return;
@@ -266,7 +267,7 @@ impl ReplyPass<'_> {
             return;
         }
         if frame.kind == FrameKind::Push
-            || (!self.modes.resp3 && self.modes.subscribed && is_pubsub_array(&frame))
+            || (!self.modes.resp3 && self.modes.subscribed && is_pubsub_array(frame))
         {
             return;
         }
@@ -348,7 +349,7 @@ fn frame_buffer(
     buf: &mut dyn Buffer,
     from: usize,
     window: &mut usize,
-    sink: &mut dyn FnMut(Frame),
+    sink: &mut dyn FnMut(&Frame),
 ) -> Result<(), LoopStop> {
     let size = buf.len();
     let mut pos = from;
@@ -369,7 +370,7 @@ fn frame_buffer(
         if bytes.is_empty() || bytes.len() > n {
             return Err(LoopStop::HostRead);
         }
-        framer.feed(&bytes, sink).map_err(LoopStop::Parse)?;
+        framer.feed(bytes, sink).map_err(LoopStop::Parse)?;
         pos += bytes.len();
         // Many small frames: fewer, larger reads.
         *window = (*window * 2).min(MAX_WINDOW);
@@ -534,7 +535,7 @@ impl Session {
         let start_probe =
             self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD && self.probe_due(now);
         let modes = &mut self.modes;
-        let mut sink = |f: Frame| modes.on_command(&f);
+        let mut sink = |f: &Frame| modes.on_command(f);
         let window = &mut self.req_window;
         let result = self
             .requests
@@ -583,7 +584,9 @@ impl Session {
         let bytes = if len == 0 {
             Some(Vec::new())
         } else {
-            buf.read(0, len).filter(|b| b.len() == len)
+            buf.read(0, len)
+                .filter(|b| b.len() == len)
+                .map(<[u8]>::to_vec)
         };
         let Some(bytes) = bytes else {
             // Nothing was moved yet: the bytes stay where they are, held ones go before them.
@@ -706,7 +709,7 @@ impl Session {
             let (s, e) = (s as usize, e as usize);
             let genuine = is_error
                 || (e - s <= PONG_RESP2_PUBSUB.len()
-                    && buf.read(s, e - s).is_some_and(|b| is_filter_reply(&b)));
+                    && buf.read(s, e - s).is_some_and(is_filter_reply));
             if !genuine {
                 lost.get_or_insert("a filter place held a reply that is not the filter's");
                 break;
@@ -743,7 +746,10 @@ impl Session {
                 let s = s as usize;
                 let size = buf.len();
                 if size > s && size - s <= MAX_OWN_REPLY {
-                    let head = buf.read(s, size - s).unwrap_or_default();
+                    let head = buf
+                        .read(s, size - s)
+                        .map(<[u8]>::to_vec)
+                        .unwrap_or_default();
                     let maybe_ours = head.len() == size - s && may_be_filter_reply(&head);
                     if maybe_ours {
                         cuts.push((s, size));
@@ -799,7 +805,7 @@ impl Session {
                 let Some(bytes) = buf.read(pos, s - pos) else {
                     return false;
                 };
-                kept.extend_from_slice(&bytes);
+                kept.extend_from_slice(bytes);
             }
             pos = e;
         }

@@ -313,7 +313,7 @@ fn feed_chunks<'a>(side: Side, chunks: impl IntoIterator<Item = &'a [u8]>) -> Ou
     let mut f = Framer::new(side, Limits::default());
     let mut out = Vec::new();
     for c in chunks {
-        if let Err(e) = f.feed(c, &mut |fr| out.push(fr)) {
+        if let Err(e) = f.feed(c, &mut |fr| out.push(fr.clone())) {
             return (out, Err(e));
         }
     }
@@ -356,7 +356,7 @@ fn feed_adapter(side: Side, input: &[u8], windows: &[usize]) -> (Outcome, u64) {
         }
         let w = windows[i % windows.len()].max(1).min(input.len() - pos);
         i += 1;
-        if let Err(e) = f.feed(&input[pos..pos + w], &mut |fr| out.push(fr)) {
+        if let Err(e) = f.feed(&input[pos..pos + w], &mut |fr| out.push(fr.clone())) {
             return ((out, Err(e)), skipped);
         }
         pos += w;
@@ -658,12 +658,12 @@ proptest! {
             for (k, c) in cut.iter().enumerate() {
                 if let Some(piece) = c.get(round) {
                     let out = &mut got[k];
-                    parked[k].with(|f| f.feed(piece, &mut |fr| out.push(fr))).unwrap();
+                    parked[k].with(|f| f.feed(piece, &mut |fr| out.push(fr.clone()))).unwrap();
                     prop_assert_eq!(parked[k].at_boundary(), out.last().is_some_and(|l: &Frame| l.end == parked[k].offset()) || parked[k].offset() == 0);
                 }
             }
             if let Some(piece) = req_cut.get(round) {
-                req_parked.with(|f| f.feed(piece, &mut |fr| req_got.push(fr))).unwrap();
+                req_parked.with(|f| f.feed(piece, &mut |fr| req_got.push(fr.clone()))).unwrap();
             }
         }
         for (k, input) in inputs.iter().enumerate() {
@@ -733,7 +733,7 @@ fn ten_megabyte_bulk_one_byte_at_a_time() {
         let mut f = Framer::new(side, Limits::default());
         let mut out = Vec::new();
         for b in input.chunks(1) {
-            f.feed(b, &mut |fr| out.push(fr)).unwrap();
+            f.feed(b, &mut |fr| out.push(fr.clone())).unwrap();
         }
         assert_eq!((out, Ok(())), whole);
 

@@ -44,10 +44,14 @@ fn with_connection<R>(id: u32, fallback: R, f: impl FnOnce(&mut Connection) -> R
 #[no_mangle]
 pub extern "C" fn proxy_abi_version_0_2_1() {}
 
-/// Memory the host fills for us (buffer bytes, properties). Freed by whoever takes ownership:
-/// host.rs rebuilds it as a `Vec<u8>` of exactly this capacity.
+/// Memory the host fills for us (buffer bytes, properties). A buffer read goes into the
+/// reused read buffer host.rs lends for the call; anything else is freed by whoever takes
+/// ownership: host.rs rebuilds it as a `Vec<u8>` of exactly this capacity.
 #[export_name = "malloc"]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    if let Some(lent) = super::host::take_lent(size) {
+        return lent;
+    }
     let mut bytes: Vec<MaybeUninit<u8>> = Vec::with_capacity(size);
     // SAFETY: MaybeUninit needs no initialisation; the host writes the bytes before use.
     unsafe { bytes.set_len(size) };

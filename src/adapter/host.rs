@@ -3,6 +3,7 @@
 //! connection on that worker; the filter does not use the SDK at all).
 
 use crate::session::Buffer;
+use std::cell::Cell;
 
 // ABI 0.2.1 enumerations, as the host passes them.
 const BUFFER_DOWNSTREAM: u32 = 2;
@@ -252,23 +253,55 @@ pub fn append_downstream(bytes: &[u8]) -> Result<(), Refused> {
     set_buffer_bytes(BUFFER_DOWNSTREAM, len, 0, bytes)
 }
 
-/// One direction's data inside its own callback.
+/// A read buffer kept between callbacks is at most this big (a header window is at most
+/// 16 KiB; a larger read, which is rare, gets memory of its own and gives it back).
+const SCRATCH_KEEP: usize = 32 * 1024;
+
+thread_local! {
+    /// The reused read buffer, between callbacks. One VM runs on one thread and its callbacks
+    /// do not nest: one is enough.
+    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+    /// Set only during `proxy_get_buffer_bytes`: where the host's `malloc` for that call may
+    /// put the bytes (pointer and capacity of the read buffer) instead of allocating.
+    static LENT: Cell<Option<(usize, usize)>> = const { Cell::new(None) };
+}
+
+/// For the exported `malloc`: the lent read buffer, if the host is filling a buffer read of
+/// at most its capacity. Taken once: any other allocation in the same call is a real one.
+pub fn take_lent(size: usize) -> Option<*mut u8> {
+    let (ptr, capacity) = LENT.try_with(Cell::take).ok().flatten()?;
+    (size <= capacity).then_some(ptr as *mut u8)
+}
+
+/// One direction's data inside its own callback. Reads land in a buffer reused across reads
+/// and callbacks, so a read costs the host call and no allocation.
 pub struct HostBuffer {
     buffer_type: u32,
     len: usize,
+    scratch: Vec<u8>,
 }
 
 impl HostBuffer {
-    pub fn downstream(len: usize) -> HostBuffer {
+    fn new(buffer_type: u32, len: usize) -> HostBuffer {
         HostBuffer {
-            buffer_type: BUFFER_DOWNSTREAM,
+            buffer_type,
             len,
+            scratch: SCRATCH.try_with(Cell::take).unwrap_or_default(),
         }
     }
+    pub fn downstream(len: usize) -> HostBuffer {
+        HostBuffer::new(BUFFER_DOWNSTREAM, len)
+    }
     pub fn upstream(len: usize) -> HostBuffer {
-        HostBuffer {
-            buffer_type: BUFFER_UPSTREAM,
-            len,
+        HostBuffer::new(BUFFER_UPSTREAM, len)
+    }
+}
+
+impl Drop for HostBuffer {
+    fn drop(&mut self) {
+        if self.scratch.capacity() <= SCRATCH_KEEP {
+            let scratch = std::mem::take(&mut self.scratch);
+            let _ = SCRATCH.try_with(|s| s.set(scratch));
         }
     }
 }
@@ -278,8 +311,34 @@ impl Buffer for HostBuffer {
         self.len
     }
 
-    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
-        buffer_bytes(self.buffer_type, start, len).ok()
+    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]> {
+        self.scratch.clear();
+        let want = len.min(SCRATCH_KEEP);
+        if self.scratch.capacity() < want {
+            self.scratch.reserve(want);
+        }
+        let lent = self.scratch.as_mut_ptr();
+        let capacity = self.scratch.capacity();
+        let _ = LENT.try_with(|l| l.set(Some((lent as usize, capacity))));
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        // SAFETY: the host writes two out-parameters; the bytes go to memory our malloc gave it.
+        let status =
+            unsafe { proxy_get_buffer_bytes(self.buffer_type, start, len, &mut data, &mut size) };
+        let _ = LENT.try_with(|l| l.set(None));
+        check(status).ok()?;
+        if data.is_null() {
+            return Some(&[]);
+        }
+        if data == lent && size <= capacity {
+            // SAFETY: the host wrote `size` bytes into the lent spare capacity.
+            unsafe { self.scratch.set_len(size) };
+        } else {
+            // SAFETY: the host allocated `size` bytes with our malloc (a forgotten Vec<u8> of
+            // capacity `size`), which we now own; it replaces the read buffer.
+            self.scratch = unsafe { Vec::from_raw_parts(data, size, size) };
+        }
+        Some(&self.scratch)
     }
 
     fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool {

@@ -322,9 +322,9 @@ pub struct Framer {
 
     // The top-level frame being read.
     in_frame: bool,
-    frame_start: u64,
-    kind: FrameKind,
-    cap: Capture,
+    /// The frame being read, built in place (start, kind, capture) and handed to the sink by
+    /// reference: no copy of its capture per frame.
+    frame: Frame,
 
     // The value being read.
     ty: u8,
@@ -359,9 +359,12 @@ impl Framer {
             // nests a level or two, and an idle connection should not hold kilobytes.
             stack: Vec::new(),
             in_frame: false,
-            frame_start: 0,
-            kind: FrameKind::Null,
-            cap: Capture::EMPTY,
+            frame: Frame {
+                start: 0,
+                end: 0,
+                kind: FrameKind::Null,
+                capture: Capture::EMPTY,
+            },
             ty: 0,
             num: Num::default(),
             rem: 0,
@@ -378,7 +381,7 @@ impl Framer {
     /// Consume all of `input` (the bytes that follow everything fed or skipped so far) and call
     /// `sink` for every top-level frame that completes in it, in order. After an error the
     /// framer is poisoned: every later call returns the same error.
-    pub fn feed(&mut self, input: &[u8], sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    pub fn feed(&mut self, input: &[u8], sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         if let Some(e) = &self.error {
             return Err(e.clone());
         }
@@ -387,15 +390,12 @@ impl Framer {
             // Whole common frames in one go; anything else, or anything cut short, goes
             // through the byte state machine below, which gives the same frames.
             if self.is_pristine() {
-                if let Some((n, kind, capture)) = self.whole_frame(rest) {
-                    let start = self.offset;
+                if let Some((n, kind)) = self.whole_frame(rest) {
+                    self.frame.start = self.offset;
                     self.offset = self.offset.saturating_add(n as u64);
-                    sink(Frame {
-                        start,
-                        end: self.offset,
-                        kind,
-                        capture,
-                    });
+                    self.frame.end = self.offset;
+                    self.frame.kind = kind;
+                    sink(&self.frame);
                     rest = rest.get(n..).unwrap_or_default();
                     continue;
                 }
@@ -417,8 +417,12 @@ impl Framer {
     /// signs, no leading zeros, bounded sizes). Returns the bytes it spans, its kind and
     /// capture; None sends the frame to the state machine (which accepts everything this
     /// accepts, with the same result: checked by the property tests at every split point).
-    fn whole_frame(&self, input: &[u8]) -> Option<(usize, FrameKind, Capture)> {
-        let mut cap = Capture::EMPTY;
+    /// The capture is built in `self.frame`; on None it is left half-built, and the state
+    /// machine clears it when the frame begins.
+    fn whole_frame(&mut self, input: &[u8]) -> Option<(usize, FrameKind)> {
+        let max_line = self.limits.max_line;
+        let cap = &mut self.frame.capture;
+        cap.clear();
         match (self.side, *input.first()?) {
             (Side::Request, b'*') => {
                 let (n, mut pos) = canonical_count(input, 1)?;
@@ -437,17 +441,17 @@ impl Framer {
                     }
                     pos = next;
                 }
-                Some((pos, FrameKind::Command, cap))
+                Some((pos, FrameKind::Command))
             }
             (Side::Reply, b'$') => {
                 if input.starts_with(b"$-1\r\n") {
-                    return Some((5, FrameKind::Null, cap));
+                    return Some((5, FrameKind::Null));
                 }
                 let (payload, next) = bulk_payload(input, 1)?;
                 cap.count = 1;
                 cap.open(0, payload.len() as u64);
                 cap.push(0, payload);
-                Some((next, FrameKind::Bulk, cap))
+                Some((next, FrameKind::Bulk))
             }
             (Side::Reply, ty @ (b'+' | b'-' | b':')) => {
                 let body = input.get(1..)?;
@@ -467,13 +471,13 @@ impl Framer {
                         FrameKind::Number
                     }
                 };
-                if cr + 3 > self.limits.max_line {
+                if cr + 3 > max_line {
                     return None;
                 }
                 cap.count = 1;
                 cap.open(0, text.len() as u64);
                 cap.push(0, text);
-                Some((cr + 3, kind, cap))
+                Some((cr + 3, kind))
             }
             _ => None,
         }
@@ -487,7 +491,7 @@ impl Framer {
         }
         match self.slot {
             // The capture prefix still needs these bytes.
-            Some(s) if self.cap.wants(s) => 0,
+            Some(s) if self.frame.capture.wants(s) => 0,
             _ => self.rem,
         }
     }
@@ -552,7 +556,7 @@ impl Framer {
     }
 
     /// Consumes a prefix (at least one byte) of non-empty `rest`; returns its length.
-    fn step(&mut self, rest: &[u8], sink: &mut dyn FnMut(Frame)) -> Result<usize, RespError> {
+    fn step(&mut self, rest: &[u8], sink: &mut dyn FnMut(&Frame)) -> Result<usize, RespError> {
         let Some(&b) = rest.first() else {
             return Ok(0);
         };
@@ -578,7 +582,7 @@ impl Framer {
         }
     }
 
-    fn byte(&mut self, s: Byte, b: u8, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn byte(&mut self, s: Byte, b: u8, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         match s {
             Byte::Type => match self.side {
                 Side::Reply => self.reply_type(b),
@@ -642,9 +646,9 @@ impl Framer {
     /// A command starts at stream offset `start`.
     fn begin_command(&mut self, start: u64) {
         self.in_frame = true;
-        self.frame_start = start;
-        self.kind = FrameKind::Command;
-        self.cap.clear();
+        self.frame.start = start;
+        self.frame.kind = FrameKind::Command;
+        self.frame.capture.clear();
         self.slot = None;
         self.argi = 0;
         self.args = 0;
@@ -669,14 +673,14 @@ impl Framer {
         if !self.in_frame {
             // The type byte was just consumed.
             self.in_frame = true;
-            self.frame_start = self.offset.saturating_sub(1);
-            self.cap.clear();
+            self.frame.start = self.offset.saturating_sub(1);
+            self.frame.capture.clear();
         }
         if self.stack.is_empty() && !attr {
-            self.kind = kind;
-            self.cap.clear();
+            self.frame.kind = kind;
+            self.frame.capture.clear();
             if is_scalar(b) {
-                self.cap.count = 1;
+                self.frame.capture.count = 1;
             }
         }
         // Which capture slot this value fills, if it is a scalar.
@@ -707,14 +711,14 @@ impl Framer {
     }
 
     fn set_len(&mut self, len: u64) {
-        if let Some(l) = self.slot.and_then(|s| self.cap.lens.get_mut(s)) {
+        if let Some(l) = self.slot.and_then(|s| self.frame.capture.lens.get_mut(s)) {
             *l = len;
         }
     }
 
     fn open_slot(&mut self, len: u64) {
         if let Some(s) = self.slot {
-            self.cap.open(s, len);
+            self.frame.capture.open(s, len);
         }
     }
 
@@ -722,14 +726,18 @@ impl Framer {
     fn null_value(&mut self) {
         self.slot = None;
         if self.stack.is_empty() && self.side == Side::Reply {
-            self.kind = FrameKind::Null;
-            self.cap.count = 0;
+            self.frame.kind = FrameKind::Null;
+            self.frame.capture.count = 0;
         }
     }
 
     /// A value (or an attribute) just ended: count it in its parent, close the parents it
     /// completes, and emit the frame if it was top-level.
-    fn value_done(&mut self, mut attr: bool, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn value_done(
+        &mut self,
+        mut attr: bool,
+        sink: &mut dyn FnMut(&Frame),
+    ) -> Result<(), RespError> {
         self.st = St::Byte(Byte::Type);
         self.slot = None;
         loop {
@@ -751,32 +759,28 @@ impl Framer {
             let done = *top;
             self.stack.pop();
             if self.stack.is_empty() && !done.attr {
-                self.cap.count = done.seen;
+                self.frame.capture.count = done.seen;
             }
             attr = done.attr;
         }
     }
 
-    fn end_streamed(&mut self, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn end_streamed(&mut self, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         let Some(done) = self.stack.pop() else {
             // Only reachable if `.` was accepted outside a streamed aggregate, which it is not.
             return Err(RespError::BadType(b'.'));
         };
         if self.stack.is_empty() && !done.attr {
-            self.cap.count = done.seen;
+            self.frame.capture.count = done.seen;
         }
         self.value_done(done.attr, sink)
     }
 
-    fn emit(&mut self, sink: &mut dyn FnMut(Frame)) {
+    fn emit(&mut self, sink: &mut dyn FnMut(&Frame)) {
         self.in_frame = false;
         self.st = St::Byte(Byte::Type);
-        sink(Frame {
-            start: self.frame_start,
-            end: self.offset,
-            kind: self.kind,
-            capture: self.cap,
-        });
+        self.frame.end = self.offset;
+        sink(&self.frame);
     }
 
     fn push_level(&mut self, rem: u64, streamed: bool) -> Result<(), RespError> {
@@ -839,7 +843,7 @@ impl Framer {
         Ok(())
     }
 
-    fn header(&mut self, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn header(&mut self, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         let n = self.num;
         let h = if n.question {
             Header::Stream
@@ -856,7 +860,7 @@ impl Framer {
         }
     }
 
-    fn reply_header(&mut self, h: Header, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn reply_header(&mut self, h: Header, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         match (self.ty, h) {
             (b':', Header::Pos(_) | Header::Neg(_)) => {
                 let len = self.num.len as u64;
@@ -884,7 +888,7 @@ impl Framer {
             }
             (b';', Header::Pos(n)) => {
                 if let Some(s) = self.slot {
-                    self.cap.add_len(s, n);
+                    self.frame.capture.add_len(s, n);
                 }
                 self.start_payload(n);
                 Ok(())
@@ -922,7 +926,7 @@ impl Framer {
                 }
                 self.args = n;
                 self.argi = 0;
-                self.cap.count = n;
+                self.frame.capture.count = n;
                 self.st = St::Byte(Byte::Arg);
                 Ok(())
             }
@@ -966,7 +970,7 @@ impl Framer {
         n
     }
 
-    fn payload_done(&mut self, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn payload_done(&mut self, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         match self.side {
             Side::Request => {
                 self.argi += 1;
@@ -987,7 +991,7 @@ impl Framer {
 
     fn capture(&mut self, bytes: &[u8]) {
         if let Some(s) = self.slot {
-            self.cap.push(s, bytes);
+            self.frame.capture.push(s, bytes);
         }
     }
 
@@ -1043,7 +1047,7 @@ impl Framer {
         }
     }
 
-    fn line_done(&mut self, sink: &mut dyn FnMut(Frame)) -> Result<(), RespError> {
+    fn line_done(&mut self, sink: &mut dyn FnMut(&Frame)) -> Result<(), RespError> {
         if self.line_len == 0 && matches!(self.ty, b'#' | b',' | b'(') {
             return Err(RespError::BadNumber);
         }
@@ -1053,7 +1057,7 @@ impl Framer {
 
     // ---- inline commands ----
 
-    fn inline(&mut self, rest: &[u8], sink: &mut dyn FnMut(Frame)) -> Result<usize, RespError> {
+    fn inline(&mut self, rest: &[u8], sink: &mut dyn FnMut(&Frame)) -> Result<usize, RespError> {
         let (seg, used, eol) = match memchr(b'\n', rest) {
             Some(i) => (rest.get(..i).unwrap_or_default(), i + 1, true),
             None => (rest, rest.len(), false),
@@ -1086,7 +1090,7 @@ impl Framer {
                 self.in_frame = false;
                 self.st = St::Byte(Byte::Type);
             } else {
-                self.cap.count = self.args;
+                self.frame.capture.count = self.args;
                 self.emit(sink);
             }
         }
@@ -1195,8 +1199,8 @@ impl Framer {
 
     fn word_push(&mut self, c: u8) {
         if let Some(s) = self.slot {
-            self.cap.add_len(s, 1);
-            self.cap.push(s, &[c]);
+            self.frame.capture.add_len(s, 1);
+            self.frame.capture.push(s, &[c]);
         }
     }
 
@@ -1289,7 +1293,7 @@ mod tests {
         let mut out = Vec::new();
         let mut res = Ok(());
         for c in chunks {
-            res = f.feed(c, &mut |fr| out.push(fr));
+            res = f.feed(c, &mut |fr| out.push(fr.clone()));
             if res.is_err() {
                 break;
             }
@@ -1852,21 +1856,23 @@ mod tests {
     fn skip_leaves_the_capture_prefix_and_the_crlf() {
         let mut f = Framer::new(Side::Reply, Limits::default());
         let mut out = Vec::new();
-        f.feed(b"*2\r\n$100\r\n", &mut |fr| out.push(fr)).unwrap();
+        f.feed(b"*2\r\n$100\r\n", &mut |fr| out.push(fr.clone()))
+            .unwrap();
         // The first CAPTURE_LEN (16) bytes are wanted for the capture.
         assert_eq!(f.skippable(), 0);
-        f.feed(&[b'a'; 10], &mut |fr| out.push(fr)).unwrap();
+        f.feed(&[b'a'; 10], &mut |fr| out.push(fr.clone())).unwrap();
         assert_eq!(f.skippable(), 0);
-        f.feed(&[b'b'; 22], &mut |fr| out.push(fr)).unwrap();
+        f.feed(&[b'b'; 22], &mut |fr| out.push(fr.clone())).unwrap();
         assert_eq!(f.skippable(), 68);
         f.skip(60);
         assert_eq!(f.skippable(), 8);
         f.skip(100); // clamped
         assert_eq!(f.skippable(), 0);
-        f.feed(b"\r\n$3\r\n", &mut |fr| out.push(fr)).unwrap();
+        f.feed(b"\r\n$3\r\n", &mut |fr| out.push(fr.clone()))
+            .unwrap();
         // Second item: also captured.
         assert_eq!(f.skippable(), 0);
-        f.feed(b"xyz\r\n", &mut |fr| out.push(fr)).unwrap();
+        f.feed(b"xyz\r\n", &mut |fr| out.push(fr.clone())).unwrap();
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].end, f.offset());
         assert_eq!(f.offset(), 4 + 6 + 100 + 2 + 4 + 5);

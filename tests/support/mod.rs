@@ -23,9 +23,9 @@ impl Buffer for VecBuffer {
     fn len(&self) -> usize {
         self.data.len()
     }
-    fn read(&mut self, start: usize, len: usize) -> Option<Vec<u8>> {
+    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]> {
         let end = start.checked_add(len)?;
-        let bytes = self.data.get(start..end.min(self.data.len()))?.to_vec();
+        let bytes = self.data.get(start..end.min(self.data.len()))?;
         self.bytes_read += bytes.len();
         Some(bytes)
     }

@@ -39,7 +39,7 @@ fn limits(small: bool) -> Limits {
 fn whole(side: Side, l: Limits, data: &[u8]) -> Outcome {
     let mut f = Framer::new(side, l);
     let mut out = Vec::new();
-    let r = f.feed(data, &mut |fr| out.push(fr));
+    let r = f.feed(data, &mut |fr| out.push(fr.clone()));
     (out, r, f.offset())
 }
 
@@ -56,7 +56,7 @@ fn pieces(side: Side, l: Limits, data: &[u8], mut sizes: Sizes, skip: bool) -> O
             continue;
         }
         let n = sizes.next().min(data.len() - pos);
-        if let Err(e) = f.feed(&data[pos..pos + n], &mut |fr| out.push(fr)) {
+        if let Err(e) = f.feed(&data[pos..pos + n], &mut |fr| out.push(fr.clone())) {
             // Poisoned: the same error again.
             assert_eq!(f.feed(b"+", &mut |_| {}), Err(e.clone()));
             return (out, Err(e), 0);
