@@ -69,6 +69,56 @@ const BY_NAME: &[(&[u8], Command)] = &[
     (b"PSYNC", Command::Replication),
 ];
 
+/// Names classify looks at besides BLOCKING and BY_NAME.
+const XREAD: &[u8] = b"XREAD";
+const XREADGROUP: &[u8] = b"XREADGROUP";
+const HELLO: &[u8] = b"HELLO";
+const CLIENT: &[u8] = b"CLIENT";
+const OTHERS: &[&[u8]] = &[XREAD, XREADGROUP, HELLO, CLIENT];
+
+/// For each first letter A–Z, a bit per name length (< 16) of the names above: a command whose
+/// (first letter, length) is not in it is Plain without comparing names (GET, SET, HGET…).
+const SPECIAL_SHAPES: [u16; 26] = special_shapes();
+
+#[allow(clippy::indexing_slicing)] // evaluated at compile time: an index out of range fails the build
+const fn special_shapes() -> [u16; 26] {
+    let mut shapes = [0u16; 26];
+    let mut i = 0;
+    while i < BLOCKING.len() {
+        mark(&mut shapes, BLOCKING[i]);
+        i += 1;
+    }
+    i = 0;
+    while i < BY_NAME.len() {
+        mark(&mut shapes, BY_NAME[i].0);
+        i += 1;
+    }
+    i = 0;
+    while i < OTHERS.len() {
+        mark(&mut shapes, OTHERS[i]);
+        i += 1;
+    }
+    shapes
+}
+
+#[allow(clippy::indexing_slicing)] // compile time only, see special_shapes
+const fn mark(shapes: &mut [u16; 26], name: &[u8]) {
+    assert!(name.len() < 16 && name[0].is_ascii_uppercase());
+    shapes[(name[0] - b'A') as usize] |= 1 << name.len();
+}
+
+/// False when no name classify knows has this word's first letter and length.
+fn may_be_special(word: &[u8]) -> bool {
+    let Some(first) = word.first() else {
+        return false;
+    };
+    let letter = first.to_ascii_uppercase().wrapping_sub(b'A');
+    word.len() < 16
+        && SPECIAL_SHAPES
+            .get(usize::from(letter))
+            .is_some_and(|lengths| lengths >> word.len() & 1 == 1)
+}
+
 fn is(word: Option<&[u8]>, name: &[u8]) -> bool {
     word.is_some_and(|w| w.eq_ignore_ascii_case(name))
 }
@@ -81,6 +131,9 @@ impl Command {
     /// Classify a command from its captured words. `in_multi`: inside MULTI nothing blocks.
     pub fn classify(capture: &Capture, in_multi: bool) -> Command {
         let name = capture.item(0);
+        if !name.is_some_and(may_be_special) {
+            return Command::Plain;
+        }
         if is_any(name, BLOCKING) {
             return if in_multi {
                 Command::Plain
@@ -88,7 +141,7 @@ impl Command {
                 Command::Blocking
             };
         }
-        if is(name, b"XREAD") || is(name, b"XREADGROUP") {
+        if is(name, XREAD) || is(name, XREADGROUP) {
             if in_multi {
                 return Command::Plain;
             }
@@ -105,7 +158,7 @@ impl Command {
         if let Some(&(_, command)) = BY_NAME.iter().find(|(n, _)| is(name, n)) {
             return command;
         }
-        if is(name, b"HELLO") {
+        if is(name, HELLO) {
             let version = match capture.item(1) {
                 None => None,
                 Some(b"2") => Some(2),
@@ -114,7 +167,7 @@ impl Command {
             };
             return Command::Hello(version);
         }
-        if is(name, b"CLIENT") && is(capture.item(1), b"REPLY") && capture.count() == 3 {
+        if is(name, CLIENT) && is(capture.item(1), b"REPLY") && capture.count() == 3 {
             let arg = capture.item(2);
             if is(arg, b"ON") {
                 return Command::ClientReply(ReplyMode::On);
@@ -145,6 +198,30 @@ mod tests {
             .unwrap();
         assert_eq!(frames.len(), 1, "{line}");
         Command::classify(&frames[0].capture, in_multi)
+    }
+
+    #[test]
+    fn every_known_name_passes_the_shape_filter() {
+        let names = BLOCKING
+            .iter()
+            .copied()
+            .chain(BY_NAME.iter().map(|(n, _)| *n))
+            .chain(OTHERS.iter().copied());
+        for name in names {
+            assert!(may_be_special(name), "{name:?}");
+            assert!(may_be_special(&name.to_ascii_lowercase()), "{name:?}");
+        }
+        for plain in [
+            &b"GET"[..],
+            b"SET",
+            b"HGETALL",
+            b"",
+            b"@",
+            b"{",
+            b"BLPOPXXXXXXXXXXXX",
+        ] {
+            assert!(!may_be_special(plain), "{plain:?}");
+        }
     }
 
     #[test]

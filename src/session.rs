@@ -336,6 +336,9 @@ pub struct Session {
     req_window: usize,
     rep_window: usize,
     events: Vec<Event>,
+    /// The deadline the adapter's schedule holds for this connection (its copy, see
+    /// `Schedule::arm_cached`): kept here so that a data callback need not look it up.
+    pub armed: Option<Millis>,
 }
 
 enum LoopStop {
@@ -346,7 +349,7 @@ enum LoopStop {
 /// Frame `buf[from..]`, fetching only header windows from the host and skipping payloads.
 fn frame_buffer(
     framer: &mut Framer,
-    buf: &mut dyn Buffer,
+    buf: &mut impl Buffer,
     from: usize,
     window: &mut usize,
     sink: &mut dyn FnMut(&Frame),
@@ -414,6 +417,7 @@ impl Session {
             req_window: MIN_WINDOW,
             rep_window: MIN_WINDOW,
             events: Vec::new(),
+            armed: None,
         }
     }
 
@@ -518,7 +522,7 @@ impl Session {
 
     /// Client bytes, on their way to Redis. They are never changed, but they may be held back
     /// (probe before stale reuse) and put back on the wire, in order, after the probe.
-    pub fn on_client_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
+    pub fn on_client_data(&mut self, now: Millis, buf: &mut impl Buffer) {
         if !buf.is_empty() {
             let idle = now.saturating_sub(self.last_activity);
             if idle >= MIN_REPORTED_SPELL && self.spell.is_none() && self.modes.queue.is_empty() {
@@ -579,7 +583,7 @@ impl Session {
     }
 
     /// Move this read's bytes into the hold; on the first, put the probe's PING in their place.
-    fn hold(&mut self, now: Millis, buf: &mut dyn Buffer, start: bool) {
+    fn hold(&mut self, now: Millis, buf: &mut impl Buffer, start: bool) {
         let len = buf.len();
         let bytes = if len == 0 {
             Some(Vec::new())
@@ -662,7 +666,7 @@ impl Session {
     }
 
     /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
-    pub fn on_server_data(&mut self, now: Millis, buf: &mut dyn Buffer) {
+    pub fn on_server_data(&mut self, now: Millis, buf: &mut impl Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {
             if let Some(idle_ms) = self.spell.take() {
                 self.events.push(Event::IdleSurvived { idle_ms });
@@ -794,7 +798,7 @@ impl Session {
     }
 
     /// Remove `cuts` (sorted, disjoint buffer ranges) with one host write.
-    fn apply_cuts(&mut self, buf: &mut dyn Buffer, cuts: &[(usize, usize)]) -> bool {
+    fn apply_cuts(&mut self, buf: &mut impl Buffer, cuts: &[(usize, usize)]) -> bool {
         let Some(&(_, upto)) = cuts.last() else {
             return true;
         };

@@ -156,7 +156,8 @@ impl Registry {
 fn follow_interval(schedule: &mut Schedule, id: u32, session: &mut Session, interval: u64) {
     if session.keepalive_interval() != Some(interval) {
         session.set_keepalive_interval(Some(interval));
-        schedule.arm(id, session.next_deadline());
+        let next = session.next_deadline();
+        schedule.arm_cached(id, next, &mut session.armed);
     }
 }
 
@@ -272,6 +273,8 @@ impl Root {
             let Some(session) = registry.sessions.get_mut(&id) else {
                 continue;
             };
+            // take_due disarmed it.
+            session.armed = None;
             let mut action = session.on_tick(now);
             if action == TickAction::SendPing {
                 // Appending to the paused read buffer works only while Envoy holds it (the
@@ -305,7 +308,7 @@ impl Root {
             let events = session.take_events();
             let upstream = session.upstream();
             let next = session.next_deadline();
-            registry.schedule.arm(id, next);
+            registry.schedule.arm_cached(id, next, &mut session.armed);
             registry.settle(id, upstream, &events);
         }
     }

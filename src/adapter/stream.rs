@@ -77,7 +77,9 @@ impl Connection {
         let events = session.take_events();
         let upstream = session.upstream();
         let next = session.next_deadline();
-        registry.schedule.arm(self.id, next);
+        registry
+            .schedule
+            .arm_cached(self.id, next, &mut session.armed);
         registry.settle(self.id, upstream, &events);
         Some(result)
     }
@@ -145,10 +147,12 @@ impl Connection {
         let Ok(mut registry) = self.registry.try_borrow_mut() else {
             return Action::Continue;
         };
-        let session = Session::new(&registry.config, now);
+        let mut session = Box::new(Session::new(&registry.config, now));
         let next = session.next_deadline();
-        registry.sessions.insert(self.id, Box::new(session));
-        registry.schedule.arm(self.id, next);
+        registry
+            .schedule
+            .arm_cached(self.id, next, &mut session.armed);
+        registry.sessions.insert(self.id, session);
         stats::add(Metric::Connections, 1);
         Action::Continue
     }

@@ -181,6 +181,14 @@ impl std::fmt::Debug for Items<'_> {
     }
 }
 
+/// What the framer's fast path did with the start of its input.
+enum Fast {
+    /// A whole frame of this many bytes, ready to emit.
+    Whole(usize, FrameKind),
+    /// This many bytes consumed, inside a frame that goes on past them.
+    InPayload(usize),
+}
+
 /// The kind of a complete top-level frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FrameKind {
@@ -390,14 +398,21 @@ impl Framer {
             // Whole common frames in one go; anything else, or anything cut short, goes
             // through the byte state machine below, which gives the same frames.
             if self.is_pristine() {
-                if let Some((n, kind)) = self.whole_frame(rest) {
-                    self.frame.start = self.offset;
-                    self.offset = self.offset.saturating_add(n as u64);
-                    self.frame.end = self.offset;
-                    self.frame.kind = kind;
-                    sink(&self.frame);
-                    rest = rest.get(n..).unwrap_or_default();
-                    continue;
+                match self.whole_frame(rest) {
+                    Some(Fast::Whole(n, kind)) => {
+                        self.frame.start = self.offset;
+                        self.offset = self.offset.saturating_add(n as u64);
+                        self.frame.end = self.offset;
+                        self.frame.kind = kind;
+                        sink(&self.frame);
+                        rest = rest.get(n..).unwrap_or_default();
+                        continue;
+                    }
+                    Some(Fast::InPayload(n)) => {
+                        rest = rest.get(n..).unwrap_or_default();
+                        continue;
+                    }
+                    None => {}
                 }
             }
             match self.step(rest, sink) {
@@ -414,19 +429,21 @@ impl Framer {
 
     /// The fast path: a complete command made of bulk strings (`*N` then N `$L`), or a
     /// complete `+`, `-`, `:` or `$` reply, entirely inside `input`, in canonical form (no
-    /// signs, no leading zeros, bounded sizes). Returns the bytes it spans, its kind and
-    /// capture; None sends the frame to the state machine (which accepts everything this
-    /// accepts, with the same result: checked by the property tests at every split point).
-    /// The capture is built in `self.frame`; on None it is left half-built, and the state
-    /// machine clears it when the frame begins.
-    fn whole_frame(&mut self, input: &[u8]) -> Option<(usize, FrameKind)> {
+    /// signs, no leading zeros, bounded sizes): [`Fast::Whole`], its capture built in
+    /// `self.frame`. Or the same frame cut short inside a bulk payload (a large value arriving
+    /// in several reads): [`Fast::InPayload`], the framer left in the state the byte machine
+    /// would have reached, with all of `input` consumed. None sends the frame to the state
+    /// machine (which accepts everything this accepts, with the same result: checked by the
+    /// property tests at every split point); the capture is then left half-built, and the
+    /// state machine clears it when the frame begins.
+    fn whole_frame(&mut self, input: &[u8]) -> Option<Fast> {
         let max_line = self.limits.max_line;
         let cap = &mut self.frame.capture;
         cap.clear();
         match (self.side, *input.first()?) {
             (Side::Request, b'*') => {
                 let (n, mut pos) = canonical_count(input, 1)?;
-                if n == 0 || n > 1024 {
+                if n == 0 || n > 1024 || !header_fits(0, pos, max_line) {
                     return None;
                 }
                 cap.count = n;
@@ -434,24 +451,52 @@ impl Framer {
                     if input.get(pos) != Some(&b'$') {
                         return None;
                     }
-                    let (payload, next) = bulk_payload(input, pos + 1)?;
+                    let (len, start) = bulk_header(input, pos + 1)?;
+                    if !header_fits(pos, start, max_line) {
+                        return None;
+                    }
+                    let payload = input.get(start..)?;
+                    if (payload.len() as u64) < len {
+                        if i < CAPTURE_ITEMS {
+                            cap.open(i, len);
+                            cap.push(i, payload);
+                        }
+                        self.args = n;
+                        self.argi = i as u64;
+                        self.slot = Some(i).filter(|&i| i < CAPTURE_ITEMS);
+                        let rem = len - payload.len() as u64;
+                        return Some(self.enter_payload(FrameKind::Command, input.len(), rem));
+                    }
+                    let (payload, next) = bulk_after_header(input, start, len)?;
                     if i < CAPTURE_ITEMS {
                         cap.open(i, payload.len() as u64);
                         cap.push(i, payload);
                     }
                     pos = next;
                 }
-                Some((pos, FrameKind::Command))
+                Some(Fast::Whole(pos, FrameKind::Command))
             }
             (Side::Reply, b'$') => {
                 if input.starts_with(b"$-1\r\n") {
-                    return Some((5, FrameKind::Null));
+                    return Some(Fast::Whole(5, FrameKind::Null));
                 }
-                let (payload, next) = bulk_payload(input, 1)?;
                 cap.count = 1;
+                let (len, start) = bulk_header(input, 1)?;
+                if !header_fits(0, start, max_line) {
+                    return None;
+                }
+                let payload = input.get(start..)?;
+                if (payload.len() as u64) < len {
+                    cap.open(0, len);
+                    cap.push(0, payload);
+                    self.slot = Some(0);
+                    let rem = len - payload.len() as u64;
+                    return Some(self.enter_payload(FrameKind::Bulk, input.len(), rem));
+                }
+                let (payload, next) = bulk_after_header(input, start, len)?;
                 cap.open(0, payload.len() as u64);
                 cap.push(0, payload);
-                Some((next, FrameKind::Bulk))
+                Some(Fast::Whole(next, FrameKind::Bulk))
             }
             (Side::Reply, ty @ (b'+' | b'-' | b':')) => {
                 let body = input.get(1..)?;
@@ -477,10 +522,23 @@ impl Framer {
                 cap.count = 1;
                 cap.open(0, text.len() as u64);
                 cap.push(0, text);
-                Some((cr + 3, kind))
+                Some(Fast::Whole(cr + 3, kind))
             }
             _ => None,
         }
+    }
+
+    /// The fast path consumed `consumed` bytes: a top-level frame of `kind` whose current bulk
+    /// string (its slot and capture already set) has `rem` payload bytes still to come.
+    fn enter_payload(&mut self, kind: FrameKind, consumed: usize, rem: u64) -> Fast {
+        self.in_frame = true;
+        self.frame.start = self.offset;
+        self.frame.kind = kind;
+        self.ty = b'$';
+        self.offset = self.offset.saturating_add(consumed as u64);
+        self.st = St::Payload;
+        self.rem = rem;
+        Fast::InPayload(consumed)
     }
 
     /// Bytes the framer would consume without looking at them (the rest of a bulk payload, not
@@ -1256,14 +1314,23 @@ fn canonical_count(input: &[u8], pos: usize) -> Option<(u64, usize)> {
     Some((value, end + 2))
 }
 
-/// A bulk string's length header at `pos` (after the `$`), its payload and CRLF, all present:
-/// the payload and the position after it.
-fn bulk_payload(input: &[u8], pos: usize) -> Option<(&[u8], usize)> {
+/// A bulk string's length header at `pos` (after the `$`), in canonical form and within
+/// bounds: the length and where the payload starts.
+fn bulk_header(input: &[u8], pos: usize) -> Option<(u64, usize)> {
     let (len, start) = canonical_count(input, pos)?;
     // Redis's proto-max-bulk-len default; the state machine judges anything bigger.
-    if len > 512 * 1024 * 1024 {
-        return None;
-    }
+    (len <= 512 * 1024 * 1024).then_some((len, start))
+}
+
+/// Whether a header line spanning `[type_at, end)` (type byte to LF) is within `max_line`,
+/// as the state machine judges it.
+fn header_fits(type_at: usize, end: usize, max_line: usize) -> bool {
+    end - type_at <= HEADER_MAX.min(max_line)
+}
+
+/// A bulk string's payload of `len` bytes at `start` and its CRLF, all present: the payload
+/// and the position after it.
+fn bulk_after_header(input: &[u8], start: usize, len: u64) -> Option<(&[u8], usize)> {
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     let payload = input.get(start..end)?;
     if input.get(end..end + 2)? != b"\r\n" {
