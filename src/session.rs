@@ -665,6 +665,23 @@ impl Session {
         }
     }
 
+    /// A time to use for Redis bytes arriving now, instead of reading the clock: the last
+    /// activity, while only prompt client replies are owed (no PING of the filter's, no probe,
+    /// no blocked command, no idle spell being measured). It is never later than the real time
+    /// and behind it by the reply's latency, which errs on the safe side: a keepalive a little
+    /// early, a probe a little eager. None: read the clock.
+    pub fn reply_time_hint(&self) -> Option<Millis> {
+        let q = &self.modes.queue;
+        (self.follow == Follow::Active
+            && !self.closed
+            && self.probe.is_none()
+            && self.spell.is_none()
+            && self.carry.is_empty()
+            && q.front() == Some(Expect::Client)
+            && q.filter_pending() == 0)
+            .then_some(self.last_activity)
+    }
+
     /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
     pub fn on_server_data(&mut self, now: Millis, buf: &mut impl Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {

@@ -271,3 +271,34 @@ fn vm_memory_per_idle_connection() {
     assert!(per <= 512.0, "{per} bytes per idle connection");
     drop((warmup, conns));
 }
+
+#[test]
+fn a_prompt_reply_is_timed_without_reading_the_clock() {
+    const CLOCK: &str = "proxy_get_current_time_nanoseconds";
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = warm(&mut e);
+    let clock_reads = |e: &Envoy| e.host_calls().get(CLOCK).copied().unwrap_or(0);
+    let before = clock_reads(&e);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.redis_send(c, b"$-1\r\n");
+    assert_eq!(
+        clock_reads(&e) - before,
+        1,
+        "only the request read the clock"
+    );
+    // A slow reply is timed as of its request: the keepalive may come that much earlier,
+    // never later (the reply's arrival is activity the filter dates no later than it was).
+    e.advance(300);
+    e.client_send(c, &cmd(&["GET", "k"]));
+    e.advance(400);
+    e.redis_send(c, b"$-1\r\n");
+    e.advance(599);
+    assert_eq!(e.take_redis(c), cmd(&["GET", "k"]).repeat(2));
+    e.advance(1);
+    assert_eq!(e.take_redis(c), PING, "1 s after the request");
+    // The PING's own answer is timed with the clock.
+    let before = clock_reads(&e);
+    e.redis_send(c, PONG);
+    assert_eq!(clock_reads(&e) - before, 1);
+    assert_eq!(e.take_client(c), b"$-1\r\n".repeat(2));
+}

@@ -157,7 +157,8 @@ impl Connection {
         Action::Continue
     }
 
-    /// A data callback's work on the session, given the host clock. A read that lies wholly
+    /// A data callback's work on the session, given the host clock (for a reply owed promptly,
+    /// the session's own lower bound of it: see `Session::reply_time_hint`). A read that lies wholly
     /// inside a payload the filter skips is consumed with no host call (no clock, no bytes, no
     /// pause: nothing can be injected before its frame ends) and `f` is not run: None, as when
     /// there is no session or no clock; either way the bytes just go on.
@@ -178,7 +179,15 @@ impl Connection {
             if skipped {
                 return None;
             }
-            let now = host::now_ms().ok()?;
+            let hint = if client || end_of_stream {
+                None
+            } else {
+                s.reply_time_hint()
+            };
+            let now = match hint {
+                Some(now) => now,
+                None => host::now_ms().ok()?,
+            };
             Some(f(s, now))
         })
     }
