@@ -287,11 +287,55 @@ fn instructions_per_request_and_per_keepalive() {
     measure_probe();
 }
 
-/// A time profile of the module: GET P1 16 B round trips without fuel, for `perf record -p`.
-/// `REDIS_IDLE_GUARD_PROFILE_SECONDS` (default 20) sets how long it runs.
+/// What one round of the calibration module's spin loop costs in wasm instructions
+/// (tests/bench/noop_filter, `spin=N`): `tests/bench/bench.py --calibrate` divides the Envoy CPU
+/// the loop adds by this to get the time V8 takes per wasm instruction. The module's path comes
+/// from `REDIS_IDLE_GUARD_NOOP_WASM`.
+#[test]
+#[ignore]
+fn calibration_spin_instructions() {
+    let Ok(module) = std::env::var("REDIS_IDLE_GUARD_NOOP_WASM") else {
+        println!("calibration skipped: REDIS_IDLE_GUARD_NOOP_WASM is not set");
+        return;
+    };
+    let fuel_for = |rounds: u32| {
+        let mut e = Envoy::start(Options {
+            plugin_config: format!("spin={rounds}"),
+            fuel: true,
+            module: Some(module.clone()),
+            ..Options::default()
+        })
+        .unwrap_or_else(|err| panic!("{err}"));
+        let c = e.connect();
+        e.client_send(c, b"x");
+        let before = e.fuel_used();
+        for _ in 0..10 {
+            e.client_send(c, b"x");
+        }
+        (e.fuel_used() - before) as f64 / 10.0
+    };
+    let (small, large) = (fuel_for(1_000), fuel_for(11_000));
+    println!(
+        "BENCH_INSTR {{\"kind\":\"spin\",\"fuel_per_round\":{:.4},\"fuel_per_callback_without_spin\":{:.1}}}",
+        (large - small) / 10_000.0,
+        small - (large - small) / 10.0
+    );
+}
+
+/// A time profile of the module: GET P1 16 B round trips without fuel, for `perf record`
+/// (the perf map names the module's functions). Runs only when
+/// `REDIS_IDLE_GUARD_PROFILE_SECONDS` is set, for that long:
+/// `REDIS_IDLE_GUARD_PROFILE_SECONDS=15 perf record -F 2000 <test binary> --ignored --exact profile_get_p1`.
 #[test]
 #[ignore]
 fn profile_get_p1() {
+    let Some(seconds) = std::env::var("REDIS_IDLE_GUARD_PROFILE_SECONDS")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+    else {
+        println!("profile skipped: REDIS_IDLE_GUARD_PROFILE_SECONDS is not set");
+        return;
+    };
     let mut e = Envoy::start(Options::default()).unwrap_or_else(|err| panic!("{err}"));
     host::write_perf_map().unwrap();
     let w = Workload {
@@ -303,10 +347,6 @@ fn profile_get_p1() {
     let value = "x".repeat(w.size);
     let (request, reply) = (w.request(&value), w.reply(&value));
     let conns: Vec<ConnId> = (0..CLIENTS).map(|_| e.connect()).collect();
-    let seconds: u64 = std::env::var("REDIS_IDLE_GUARD_PROFILE_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20);
     let until = std::time::Instant::now() + std::time::Duration::from_secs(seconds);
     let mut n = 0usize;
     println!("PROFILE_READY pid {}", std::process::id());

@@ -17,6 +17,13 @@ Configurations, all to the same redis-server on 127.0.0.1, each Envoy with one w
   D  Envoy, redis-idle-guard with keepalive_interval 100ms, probe_after 100ms + tcp_proxy
   E  Envoy redis_proxy (answers PING itself, RESP2 only, one pooled upstream connection)
 
+Then a calibration (skip it with --no-calibrate), GET P1 16 B only, interleaved rounds of B F G C
+and two more variants of the no-op filter: S, which spins a loop of known instruction count in
+every data callback, and K, which makes a known number of clock host calls in each. S − F and
+K − F give what a wasm instruction and a host call cost in Envoy's V8 on this machine, so the
+filter's deterministic counts (instructions and host calls per request) turn into a predicted
+cost per request, to hold against the measured C − G, which is noisier.
+
 Workloads (redis-benchmark, 50 clients): SET and GET, pipeline 1 and 16, values of 16 B and
 100 KB. Rounds are interleaved (for every workload A B C D E, then the next workload; the whole
 list again each round), after one unrecorded warm-up pass (V8 tiers the module up). For each
@@ -35,6 +42,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import re
 import socket
 import subprocess
@@ -63,6 +71,17 @@ CONFIGS = {
     "C": "Envoy + guard (defaults)",
     "D": "Envoy + guard (keepalive 100ms, probe 100ms)",
     "E": "Envoy redis_proxy",
+}
+# Calibration variants of the no-op filter (tests/bench/noop_filter).
+SPIN_ROUNDS = 4000
+CLOCK_CALLS = 50
+CALIBRATION = {
+    "B": "Envoy tcp_proxy",
+    "F": "no-op Wasm filter",
+    "G": "no-op filter, pause+continue each read",
+    "S": f"no-op filter + spin={SPIN_ROUNDS} per data callback",
+    "K": f"no-op filter + {CLOCK_CALLS} clock host calls per data callback",
+    "C": "guard (defaults)",
 }
 
 
@@ -247,12 +266,16 @@ def _read_exactly(s: socket.socket, n: int) -> bytes:
 
 # ---- instruction counts (wasmtime fuel) -------------------------------------------------------
 
-def run_instruction_count() -> Tuple[List[dict], str]:
+def run_instruction_count(noop_wasm: Optional[Path] = None) -> Tuple[List[dict], str]:
     """Run tests/bench_instructions.rs (test profile, not --release: that would build wasmtime
     with LTO) and parse its BENCH_INSTR lines."""
     argv = ["cargo", "test", "--test", "bench_instructions", "--", "--ignored", "--nocapture"]
     say("instruction count: " + " ".join(argv))
-    out = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600)
+    env = dict(os.environ)
+    if noop_wasm is not None and noop_wasm.exists():
+        env["REDIS_IDLE_GUARD_NOOP_WASM"] = str(noop_wasm)
+    out = subprocess.run(argv, cwd=REPO_ROOT, capture_output=True, text=True, timeout=3600,
+                         env=env)
     rows = [json.loads(line.split(" ", 1)[1]) for line in out.stdout.splitlines()
             if line.startswith("BENCH_INSTR ")]
     if out.returncode != 0 or not rows:
@@ -476,6 +499,95 @@ def guard_snapshot(targets: Dict[str, Target]) -> Dict[str, Dict[str, float]]:
     return out
 
 
+def calibrate(targets: Dict[str, Target], redis: RedisServer, args, rounds: int, scale: float,
+              run_timeout: float) -> List[Run]:
+    """Interleaved rounds of B F G S K C on GET P1 16 B (S and K started here)."""
+    extra = {"S": f"spin={SPIN_ROUNDS}", "K": f"clock={CLOCK_CALLS}"}
+    for k, config in extra.items():
+        envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm, plugin_config=config,
+                           name=f"envoy-{k}-noop-{config.split('=')[0]}")
+        envoy.start()
+        targets[k] = Target(k, envoy.listener_port, envoy)
+    w = Workload("GET", 1, 16, max(CLIENTS * 4, int(100_000 * scale)))
+    keys = list(CALIBRATION)
+    for k in keys:  # warm-up (V8 tiers the spin loop up too)
+        measure(targets[k], redis, Workload("GET", 1, 16, max(CLIENTS * 4, w.requests // 10)),
+                0, run_timeout)
+    runs: List[Run] = []
+    for rnd in range(1, rounds + 1):
+        line = []
+        for k in keys:
+            r = measure(targets[k], redis, w, rnd, run_timeout)
+            runs.append(r)
+            line.append(f"{k} {r.envoy_us_per_req:.1f}µs" if r.ok and r.envoy_cpu_s is not None
+                        else f"{k} FAILED")
+        say(f"  calibration {rnd}/{rounds}: " + "  ".join(line))
+    return runs
+
+
+def calibration_table(runs: List[Run], instr_rows: List[dict]) -> Tuple[List[list], List[str], List[str]]:
+    """Per-round differences of Envoy µs/req, their medians, and what they imply."""
+    by_round: Dict[int, Dict[str, float]] = {}
+    for r in runs:
+        if r.ok and r.envoy_us_per_req is not None:
+            by_round.setdefault(r.round, {})[r.config] = r.envoy_us_per_req
+    full = [v for v in by_round.values() if all(k in v for k in CALIBRATION)]
+
+    def diff(a: str, b: str) -> List[float]:
+        return [v[a] - v[b] for v in full]
+
+    spin = next((r for r in instr_rows if r.get("kind") == "spin"), None)
+    get_p1 = next((r for r in instr_rows if r.get("kind") == "request" and r["op"] == "GET"
+                   and r["pipeline"] == 1 and r["size"] == 16), None)
+    headers = ["quantity", "median", "min–max", "what it is"]
+    rows = []
+    for k in CALIBRATION:
+        vals = [v[k] for v in full]
+        rows.append([f"Envoy µs/req {k}", fmt(median(vals), 2) if vals else "n/a",
+                     fmt_range(spread(vals), 2) if vals else "n/a", CALIBRATION[k]])
+    pairs = [("F − B", "F", "B", "a Wasm filter's two VM calls per request"),
+             ("G − F", "G", "F", "pause + continue per client read (the paused-buffer technique)"),
+             ("G − B", "G", "B", "any filter using the technique: the floor"),
+             ("C − G", "C", "G", "redis-idle-guard's own work per request"),
+             ("C − B", "C", "B", "the whole filter"),
+             ("S − F", "S", "F", f"{SPIN_ROUNDS:,} spin rounds in each of 2 callbacks"),
+             ("K − F", "K", "F", f"{CLOCK_CALLS} host calls in each of 2 callbacks")]
+    med: Dict[str, float] = {}
+    for label, a, b, what in pairs:
+        d = diff(a, b)
+        if d:
+            med[label] = median(d)
+            rows.append([label, fmt(med[label], 2), fmt_range(spread(d), 2), what])
+    notes = [f"{len(full)} complete round(s); differences are taken within a round, then the "
+             "median."]
+    if spin and get_p1 and "S − F" in med and "K − F" in med:
+        instr = 2 * SPIN_ROUNDS * spin["fuel_per_round"]
+        ns_per_instr = med["S − F"] * 1000 / instr
+        ns_per_call = med["K − F"] * 1000 / (2 * CLOCK_CALLS)
+        calls = get_p1["host_calls_by_name"]
+        # Host calls besides continue_stream (in G already); a buffer read also calls back into
+        # the VM's malloc, counted as one more crossing.
+        crossings = sum(v for k, v in calls.items() if k != "proxy_continue_stream") \
+            + calls.get("proxy_get_buffer_bytes", 0)
+        predicted_code = get_p1["fuel_total"] * ns_per_instr / 1000
+        predicted_calls = crossings * ns_per_call / 1000
+        rows.append(["ns per wasm instruction", fmt(ns_per_instr, 3), "",
+                     f"(S − F) / {instr:,.0f} instructions"])
+        rows.append(["ns per host call", fmt(ns_per_call, 0), "", f"(K − F) / {2 * CLOCK_CALLS}"])
+        rows.append(["predicted C − G", fmt(predicted_code + predicted_calls, 2), "",
+                     f"{get_p1['fuel_total']:,.0f} instructions → {predicted_code:.2f} µs, "
+                     f"{crossings:g} host crossings → {predicted_calls:.2f} µs"])
+        if "C − G" in med and full:
+            b = median([v["B"] for v in full])
+            notes.append(f"B spends {b:.1f} µs of Envoy CPU per request; the filter adds "
+                         f"{med['C − B'] / b * 100:.1f}% (C − B), of which the floor of the "
+                         f"paused-buffer technique {med['G − B'] / b * 100:.1f}% (G − B) and the "
+                         f"filter's own work {med['C − G'] / b * 100:.1f}% (C − G; predicted "
+                         f"from the deterministic counts: "
+                         f"{(predicted_code + predicted_calls) / b * 100:.1f}%).")
+    return rows, headers, notes
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wasm", type=Path, default=default_wasm_path(), help="the built filter")
@@ -497,6 +609,9 @@ def main() -> int:
                     "with --quick)")
     ap.add_argument("--skip-instructions", action="store_true",
                     help="do not run the wasmtime fuel count (tests/bench_instructions.rs)")
+    ap.add_argument("--no-calibrate", action="store_true",
+                    help="skip the calibration (cost of a wasm instruction and of a host call)")
+    ap.add_argument("--calibration-rounds", type=int, default=None, help="default 7 (2 with --quick)")
     ap.add_argument("--instructions-only", action="store_true",
                     help="only the wasmtime fuel count, no processes")
     args = ap.parse_args()
@@ -554,7 +669,7 @@ def main() -> int:
     instr_rows: List[dict] = []
     tables: Dict[str, Tuple[list, list]] = {}
     if not args.skip_instructions:
-        instr_rows, test_wasm_sha = run_instruction_count()
+        instr_rows, test_wasm_sha = run_instruction_count(args.noop_wasm)
         header["instruction count module"] = f"target/wasm-for-tests/… sha256 {test_wasm_sha}"
         req_rows, req_h, ka_rows, ka_h = instruction_tables(instr_rows)
         tables["Wasm instructions per request (fuel, default configuration, data callbacks only)"] = (req_rows, req_h)
@@ -570,6 +685,7 @@ def main() -> int:
         return 0
 
     runs: List[Run] = []
+    calibration_runs: List[Run] = []
     lat: List[Latency] = []
     guard_deltas: Dict[str, Dict[str, float]] = {}
     try:
@@ -588,7 +704,7 @@ def main() -> int:
             elif k == "G":
                 # Any configuration switches the no-op filter to pause+continue.
                 envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm,
-                                   plugin_config={"pause": True}, name="envoy-G-noop-pause")
+                                   plugin_config="pause", name="envoy-G-noop-pause")
             elif k == "C":
                 envoy = EnvoyProxy(redis.address, wasm=args.wasm, plugin_config=None,
                                    name="envoy-C-guard")
@@ -631,6 +747,9 @@ def main() -> int:
             say("  latency p50/p99 µs: " + "  ".join(
                 f"{x.config} {percentile(x.samples_us, 50):.0f}/{percentile(x.samples_us, 99):.0f}"
                 for x in lat if x.round == rnd))
+        if not args.no_calibrate and all(k in targets for k in "BFGC"):
+            cal_rounds = args.calibration_rounds or (2 if args.quick else 7)
+            calibration_runs = calibrate(targets, redis, args, cal_rounds, scale, run_timeout)
         after = guard_snapshot(targets)
         for k in after:
             guard_deltas[k] = {n: after[k].get(n, 0) - before.get(k, {}).get(n, 0)
@@ -643,6 +762,11 @@ def main() -> int:
         stop_all()
     header["load average after"] = loadavg()
 
+    if calibration_runs:
+        c_rows, c_headers, c_notes = calibration_table(calibration_runs, instr_rows)
+        tables["Calibration: what a wasm instruction and a host call cost (GET P1 16 B)"] = \
+            (c_rows, c_headers)
+        method.append("Calibration: " + " ".join(c_notes))
     summary = summarize(runs, wl, keys)
     t_rows, t_headers = throughput_table(summary)
     l_rows, l_headers = latency_table(lat, keys, args.latency_rate)
@@ -668,6 +792,12 @@ def main() -> int:
     passthrough = {k: d.get("passthrough", 0) for k, d in guard_deltas.items()}
     if any(passthrough.values()):
         print(f"WARNING: the filter stepped aside during the runs: {passthrough}")
+    if calibration_runs:
+        print()
+        print("Calibration (GET P1 16 B):")
+        print(text_table(c_rows, c_headers))
+        for note in c_notes:
+            print("  " + note)
     print(f"load average before: {header['load average before']}, after: {header['load average after']}")
     paths = write_outputs(stamp, header, method, runs, summary, lat, tables, instr_rows, guard_deltas)
     say("wrote " + ", ".join(str(p.relative_to(REPO_ROOT)) for p in paths))

@@ -40,8 +40,12 @@ struct Compiled {
 }
 
 fn compile(engine: Engine) -> Compiled {
-    let module = Module::from_file(&engine, wasm_path())
-        .unwrap_or_else(|e| panic!("compiling {}: {e:?}", wasm_path()));
+    compile_file(engine, wasm_path())
+}
+
+fn compile_file(engine: Engine, path: &str) -> Compiled {
+    let module =
+        Module::from_file(&engine, path).unwrap_or_else(|e| panic!("compiling {path}: {e:?}"));
     let mut linker = Linker::new(&engine);
     abi::link(&mut linker, &module).expect("linking the host calls");
     let pre = linker
@@ -122,6 +126,9 @@ pub struct Options {
     /// Count the wasm instructions the module executes ([`Envoy::fuel_used`]), with a second
     /// engine that has wasmtime's fuel on (compiled on first use). Off by default.
     pub fuel: bool,
+    /// Another proxy-wasm module to run instead of the filter (the benchmark's calibration
+    /// module); compiled afresh on every start.
+    pub module: Option<String>,
 }
 
 /// Envoy refused the plugin: the VM did not start or `on_configure` returned false.
@@ -173,10 +180,15 @@ impl Envoy {
     }
 
     pub fn start(options: Options) -> Result<Envoy, LoadError> {
-        let c = if options.fuel {
-            compiled_with_fuel()
-        } else {
-            compiled()
+        let c: &Compiled = match (&options.module, options.fuel) {
+            (Some(path), fuel) => {
+                let mut config = wasmtime::Config::new();
+                config.consume_fuel(fuel);
+                let engine = Engine::new(&config).expect("an engine");
+                Box::leak(Box::new(compile_file(engine, path)))
+            }
+            (None, true) => compiled_with_fuel(),
+            (None, false) => compiled(),
         };
         let mut store = Store::new(
             &c.engine,
