@@ -63,8 +63,9 @@ test-e2e: setup build
 # What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, a no-op Wasm filter
 # (the floor of any Wasm filter), the filter (defaults;
 # keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request; latency
-# at a fixed rate; wasm instructions per request (wasmtime fuel); then 10,000 idle connections
-# through one Envoy worker. Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
+# at a fixed rate; wasm instructions per request (wasmtime fuel); a calibration of what a wasm
+# instruction and a host call cost in Envoy's V8 (the no-op filter spinning or calling the clock);
+# then 10,000 idle connections through one Envoy worker. Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
 NOOP_WASM := target/noop/$(WASM_TARGET)/release/noop_filter.wasm
 bench: setup-rust setup-apt setup-py build
 	cargo build --manifest-path tests/bench/noop_filter/Cargo.toml --target $(WASM_TARGET) --release --target-dir target/noop

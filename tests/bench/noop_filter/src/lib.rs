@@ -7,7 +7,9 @@
 //!   reachable for a later injection from the timer (the paused-buffer technique);
 //! - `spin=N`: N rounds of a fixed arithmetic loop (calibrates what a wasm instruction costs
 //!   in Envoy's V8; tests/bench_instructions.rs counts the loop's instructions);
-//! - `clock=K`: K `proxy_get_current_time_nanoseconds` host calls (calibrates a host call).
+//! - `clock=K`: K `proxy_get_current_time_nanoseconds` host calls (calibrates a host call);
+//! - `read=K`: K one-byte reads of the callback's own buffer (`proxy_get_buffer_bytes`, which
+//!   calls back into the module's `malloc`: calibrates a buffer read).
 //!
 //! The modes separate the cost of the technique, of module code and of host calls.
 
@@ -31,23 +33,33 @@ thread_local! {
     static PAUSE_MODE: Cell<bool> = const { Cell::new(false) };
     static SPIN: Cell<u32> = const { Cell::new(0) };
     static CLOCK_READS: Cell<u32> = const { Cell::new(0) };
+    static BUFFER_READS: Cell<u32> = const { Cell::new(0) };
     static SINK: Cell<u64> = const { Cell::new(0) };
 }
 
-fn plugin_configuration(size: usize) -> Vec<u8> {
+fn buffer_bytes(buffer_type: u32, size: usize) -> Vec<u8> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut len: usize = 0;
     // SAFETY: on Ok the host allocated `len` bytes with our malloc (a forgotten boxed slice).
     unsafe {
-        if proxy_get_buffer_bytes(7, 0, size, &mut data, &mut len) != 0 || data.is_null() {
+        if proxy_get_buffer_bytes(buffer_type, 0, size, &mut data, &mut len) != 0 || data.is_null()
+        {
             return Vec::new();
         }
         Vec::from_raw_parts(data, len, len)
     }
 }
 
-/// The calibration work of one data callback.
-fn extra_work() {
+fn plugin_configuration(size: usize) -> Vec<u8> {
+    buffer_bytes(7, size)
+}
+
+/// The calibration work of one data callback on `buffer_type`.
+fn extra_work(buffer_type: u32) {
+    for _ in 0..BUFFER_READS.with(Cell::get) {
+        let byte = buffer_bytes(buffer_type, 1);
+        SINK.with(|s| s.set(s.get() ^ byte.len() as u64));
+    }
     let rounds = SPIN.with(Cell::get);
     if rounds > 0 {
         // An LCG: a multiply and an add per round that the optimiser cannot fold away.
@@ -103,6 +115,8 @@ pub extern "C" fn proxy_on_configure(_context_id: u32, size: usize) -> bool {
             SPIN.with(|s| s.set(n));
         } else if let Some(k) = number("clock=") {
             CLOCK_READS.with(|c| c.set(k));
+        } else if let Some(k) = number("read=") {
+            BUFFER_READS.with(|c| c.set(k));
         } else {
             return false;
         }
@@ -117,7 +131,7 @@ pub extern "C" fn proxy_on_new_connection(_context_id: u32) -> u32 {
 
 #[no_mangle]
 pub extern "C" fn proxy_on_downstream_data(_context_id: u32, _size: usize, eos: bool) -> u32 {
-    extra_work();
+    extra_work(2);
     if eos || !PAUSE_MODE.with(Cell::get) {
         return 0;
     }
@@ -130,7 +144,7 @@ pub extern "C" fn proxy_on_downstream_data(_context_id: u32, _size: usize, eos: 
 
 #[no_mangle]
 pub extern "C" fn proxy_on_upstream_data(_context_id: u32, _size: usize, _eos: bool) -> u32 {
-    extra_work();
+    extra_work(3);
     0
 }
 
