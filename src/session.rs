@@ -769,12 +769,10 @@ impl Session {
                 if size > s && size - s <= MAX_OWN_REPLY {
                     let head = buf
                         .read(s, size - s)
-                        .map(<[u8]>::to_vec)
-                        .unwrap_or_default();
-                    let maybe_ours = head.len() == size - s && may_be_filter_reply(&head);
-                    if maybe_ours {
+                        .filter(|h| h.len() == size - s && may_be_filter_reply(h));
+                    if let Some(head) = head {
+                        self.carry = head.to_vec();
                         cuts.push((s, size));
-                        self.carry = head;
                     }
                 }
             }
