@@ -174,6 +174,17 @@ impl Config {
         }
     }
 
+    /// The wasm build's tick period: fine enough to act within a tenth of the shortest timer,
+    /// coarse enough to cost nothing; 0 (no tick) when neither keepalives nor probes are on.
+    pub fn tick_period_ms(&self) -> Millis {
+        let shortest = match (self.shortest_keepalive(), self.probe_after) {
+            (None, None) => return 0,
+            (Some(interval), _) => interval.min(self.ping_timeout),
+            (None, Some(_)) => self.ping_timeout,
+        };
+        (shortest / 10).clamp(10, 1_000)
+    }
+
     /// One line for the Envoy log at load time.
     pub fn describe(&self) -> String {
         let ka = match (self.learn, self.keepalive_interval) {

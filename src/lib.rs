@@ -18,14 +18,21 @@ pub mod command;
 pub mod config;
 pub mod context_map;
 pub mod duration;
+pub mod host;
 pub mod idle_cutoff;
 pub mod metrics;
 pub mod probe;
 pub mod reply_queue;
+pub mod report;
 pub mod resp;
 pub mod schedule;
 pub mod session;
+pub mod shared_cutoff;
 pub mod upstream;
+pub mod worker;
 
 #[cfg(target_arch = "wasm32")]
-mod adapter;
+mod wasm;
+
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;

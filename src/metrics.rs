@@ -78,6 +78,9 @@ impl Metric {
 /// `(upstream_cluster=\.=(.*?);\.;)` (Istio: `extraStatTags: [upstream_cluster]`) turns
 /// `redis_idle_guard.upstream.upstream_cluster=.=redis;.;idle_deaths` into
 /// `redis_idle_guard.upstream.idle_deaths{upstream_cluster="redis"}`.
+/// The tag (Prometheus label) that names an upstream stat's cluster.
+pub const UPSTREAM_LABEL: &str = "upstream_cluster";
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamMetric {
     ConnectionsOpened,
@@ -132,6 +135,12 @@ impl UpstreamMetric {
 
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    /// The name without the cluster, for a host whose stats take the cluster as a label
+    /// ([`UPSTREAM_LABEL`]).
+    pub fn labelled_name(self) -> String {
+        format!("redis_idle_guard.upstream.{}", self.suffix())
     }
 
     /// The full stat name for `cluster`. A `;` in a cluster name would end the tag early, so it

@@ -7,10 +7,9 @@
 
 use crate::context_map::ContextMap;
 use crate::duration::Millis;
+use crate::host::ConnectionId;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-
-pub type ConnectionId = u32;
 
 #[derive(Debug, Default)]
 pub struct Schedule {
@@ -27,23 +26,6 @@ impl Schedule {
         }
         self.armed.insert(id, deadline);
         self.heap.push(Reverse((deadline, id)));
-    }
-
-    /// As [`Schedule::arm`], with the caller keeping a copy of the deadline armed for `id`
-    /// (`armed`: set here, cleared by the caller for every id [`Schedule::take_due`] returns).
-    /// A deadline that moved later, the data path's common case, then costs no lookup.
-    pub fn arm_cached(
-        &mut self,
-        id: ConnectionId,
-        deadline: Option<Millis>,
-        armed: &mut Option<Millis>,
-    ) {
-        let Some(deadline) = deadline else { return };
-        if armed.is_some_and(|at| at <= deadline) {
-            return;
-        }
-        self.arm(id, Some(deadline));
-        *armed = self.armed.get(&id).copied();
     }
 
     /// Connections whose armed deadline has passed, each once; they are disarmed and must be
@@ -110,22 +92,6 @@ mod tests {
         s.arm(1, Some(200));
         assert_eq!(due(&mut s, 200), vec![1]);
         assert_eq!(due(&mut s, 600), Vec::<u32>::new());
-    }
-
-    #[test]
-    fn cached_arming_skips_later_deadlines_and_rearms_after_a_wake() {
-        let mut s = Schedule::default();
-        let mut armed = None;
-        s.arm_cached(1, Some(100), &mut armed);
-        assert_eq!(armed, Some(100));
-        s.arm_cached(1, Some(150), &mut armed);
-        assert_eq!((armed, s.heap_len()), (Some(100), 1));
-        s.arm_cached(1, Some(50), &mut armed);
-        assert_eq!(armed, Some(50));
-        assert_eq!(due(&mut s, 60), vec![1]);
-        armed = None;
-        s.arm_cached(1, Some(150), &mut armed);
-        assert_eq!(due(&mut s, 150), vec![1]);
     }
 
     #[test]

@@ -56,8 +56,13 @@ pub trait Buffer {
         self.len() == 0
     }
     /// `len` bytes from `start` (fewer at the end). `None` if the host refused. Borrowed until
-    /// the next call: the adapter reads into one reused buffer.
+    /// the next call: the adapter may read into one reused buffer.
     fn read(&mut self, start: usize, len: usize) -> Option<&[u8]>;
+    /// At least one and at most `len` bytes from `start`, as many as the host holds in one
+    /// piece (a host whose buffer is a chain of slices can lend one without copying).
+    fn read_some(&mut self, start: usize, len: usize) -> Option<&[u8]> {
+        self.read(start, len)
+    }
     /// Replace bytes `[0, upto)` with `with` (`upto == 0` prepends). False if the host refused.
     fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool;
 }
@@ -367,7 +372,7 @@ fn frame_buffer(
             continue;
         }
         let n = (*window).min(size - pos);
-        let Some(bytes) = buf.read(pos, n) else {
+        let Some(bytes) = buf.read_some(pos, n) else {
             return Err(LoopStop::HostRead);
         };
         if bytes.is_empty() || bytes.len() > n {

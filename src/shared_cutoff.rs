@@ -1,10 +1,10 @@
-//! Learned cutoffs shared between Envoy's workers. Each worker runs its own VM, and a worker's
-//! connections would otherwise each have to die to teach it what another worker already knows.
-//! proxy-wasm shared data is one store per vm_id that every VM reads and writes; the value is
-//! the cutoff in ms as text ("0": none).
+//! Learned cutoffs shared between Envoy's workers. Each worker learns on its own connections,
+//! and would otherwise have to lose connections to learn what another worker already knows.
+//! The host's shared store is one map every worker of the process reads and writes; the value
+//! is the cutoff in ms as text ("0": none).
 
-use super::host;
 use crate::duration::Millis;
+use crate::host::{Host, StoreError};
 
 const KEY_PREFIX: &str = "redis_idle_guard.idle_cutoff.";
 /// A worker looks at the other workers' estimates this often.
@@ -22,8 +22,8 @@ fn decode(bytes: &[u8]) -> Option<Option<Millis>> {
 }
 
 /// The shared estimate for `cluster` and its CAS; None if none is published (or unreadable).
-pub fn read(cluster: &str) -> Option<(Option<Millis>, u32)> {
-    let (bytes, cas) = host::shared_data(&key(cluster)).ok()??;
+pub fn read(host: &mut impl Host, cluster: &str) -> Option<(Option<Millis>, u32)> {
+    let (bytes, cas) = host.shared_get(&key(cluster)).ok()??;
     Some((decode(&bytes)?, cas))
 }
 
@@ -31,10 +31,15 @@ pub fn read(cluster: &str) -> Option<(Option<Millis>, u32)> {
 /// only ever tighten it); `None` (a survival proved `dropped` wrong) replaces it only if the
 /// shared value is still `dropped`, so a tighter estimate another worker published meanwhile
 /// stands. Best effort: on a refusal each worker simply keeps its own.
-pub fn publish(cluster: &str, estimate: Option<Millis>, dropped: Option<Millis>) {
+pub fn publish(
+    host: &mut impl Host,
+    cluster: &str,
+    estimate: Option<Millis>,
+    dropped: Option<Millis>,
+) {
     let key = key(cluster);
     for _ in 0..PUBLISH_ATTEMPTS {
-        let current = match host::shared_data(&key) {
+        let current = match host.shared_get(&key) {
             Ok(Some((bytes, cas))) => Some((decode(&bytes).flatten(), cas)),
             Ok(None) => None,
             Err(_) => return,
@@ -50,11 +55,11 @@ pub fn publish(cluster: &str, estimate: Option<Millis>, dropped: Option<Millis>)
         }
         let cas = current.map_or(0, |(_, cas)| cas);
         let text = estimate.unwrap_or(0).to_string();
-        match host::set_shared_data(&key, text.as_bytes(), cas) {
+        match host.shared_set(&key, text.as_bytes(), cas) {
             Ok(()) => return,
             // Another worker wrote first: look again.
-            Err(host::Refused(host::STATUS_CAS_MISMATCH)) => continue,
-            Err(_) => return,
+            Err(StoreError::CasMismatch) => continue,
+            Err(StoreError::Refused) => return,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! handle (the Rust SDK's helpers panic on a non-Ok status, and a panic traps the VM and every
 //! connection on that worker; the filter does not use the SDK at all).
 
+use crate::host::{StoreError, Stored};
 use crate::session::Buffer;
 use std::cell::Cell;
 
@@ -16,7 +17,7 @@ pub const METRIC_HISTOGRAM: u32 = 2;
 const STATUS_OK: u32 = 0;
 const STATUS_NOT_FOUND: u32 = 1;
 /// `proxy_set_shared_data` with a CAS that is no longer the value's.
-pub const STATUS_CAS_MISMATCH: u32 = 8;
+const STATUS_CAS_MISMATCH: u32 = 8;
 
 /// A host call that did not return Ok, with the raw status (1 NotFound, 2 BadArgument, …).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,18 +90,39 @@ fn check(status: u32) -> Result<(), Refused> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Level {
-    Debug = 1,
-    Info = 2,
-    Warn = 3,
-    Error = 4,
+/// The `log` facade's backend: Envoy's log (component `wasm`), which filters by level itself.
+struct EnvoyLog;
+
+impl log::Log for EnvoyLog {
+    fn enabled(&self, _: &log::Metadata) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record) {
+        // proxy-wasm levels: 0 trace, 1 debug, 2 info, 3 warn, 4 error.
+        let level = match record.level() {
+            log::Level::Error => 4,
+            log::Level::Warn => 3,
+            log::Level::Info => 2,
+            log::Level::Debug => 1,
+            log::Level::Trace => 0,
+        };
+        let message = format!("redis-idle-guard: {}", record.args());
+        // SAFETY: pointer and length describe a live String for the duration of the call.
+        // A refused log line is dropped: nothing to do about it.
+        let _ = unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+    }
+
+    fn flush(&self) {}
 }
 
-/// Log through Envoy (component `wasm`). A refused log line is dropped: nothing to do about it.
-pub fn log(level: Level, message: &str) {
-    // SAFETY: pointer and length describe a live &str for the duration of the call.
-    let _ = unsafe { proxy_log(level as u32, message.as_ptr(), message.len()) };
+static LOGGER: EnvoyLog = EnvoyLog;
+
+/// Route the `log` facade to Envoy (once per VM; later calls change nothing).
+pub fn init_logging() {
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Debug);
+    }
 }
 
 /// Host clock in milliseconds. `SystemTime::now` traps on wasm32-unknown-unknown.
@@ -209,7 +231,7 @@ pub fn property(path: &[&str]) -> Result<Option<Vec<u8>>, Refused> {
 
 /// A shared-data value and its CAS (one store per vm_id, seen by every worker's VM);
 /// `Ok(None)` when the key is not set.
-pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Refused> {
+pub fn shared_data(key: &str) -> Result<Option<Stored>, StoreError> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     let mut cas: u32 = 0;
@@ -220,7 +242,7 @@ pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Refused> {
     if status == STATUS_NOT_FOUND {
         return Ok(None);
     }
-    check(status)?;
+    check(status).map_err(|_| StoreError::Refused)?;
     if data.is_null() {
         return Ok(Some((Vec::new(), cas)));
     }
@@ -232,11 +254,15 @@ pub fn shared_data(key: &str) -> Result<Option<(Vec<u8>, u32)>, Refused> {
 }
 
 /// Set a shared-data value if its CAS is still `cas` (0: unconditionally).
-pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), Refused> {
+pub fn set_shared_data(key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
     // SAFETY: `key` and `value` are live for the call.
-    check(unsafe {
-        proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
-    })
+    let status =
+        unsafe { proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas) };
+    match status {
+        STATUS_OK => Ok(()),
+        STATUS_CAS_MISMATCH => Err(StoreError::CasMismatch),
+        _ => Err(StoreError::Refused),
+    }
 }
 
 pub fn plugin_configuration(size: usize) -> Result<Vec<u8>, Refused> {

@@ -5,8 +5,8 @@
 //! on the worker). Here an unknown id is a no-op that lets the bytes through, and a lookup is
 //! one multiplicative hash.
 
-use super::root::Root;
-use super::stream::{Action, Connection};
+use super::connection::{Action, Connection};
+use super::plugin::Root;
 use crate::context_map::ContextMap;
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
@@ -49,7 +49,7 @@ pub extern "C" fn proxy_abi_version_0_2_1() {}
 /// ownership: host.rs rebuilds it as a `Vec<u8>` of exactly this capacity.
 #[export_name = "malloc"]
 pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
-    if let Some(lent) = super::host::take_lent(size) {
+    if let Some(lent) = super::abi::take_lent(size) {
         return lent;
     }
     let mut bytes: Vec<MaybeUninit<u8>> = Vec::with_capacity(size);
@@ -62,7 +62,7 @@ pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
 pub extern "C" fn proxy_on_context_create(context_id: u32, root_context_id: u32) {
     with_contexts((), |c| {
         if root_context_id == 0 {
-            c.roots.insert(context_id, Root::new(context_id));
+            c.roots.insert(context_id, Root::new());
         } else if let Some(root) = c.roots.get(&root_context_id) {
             let connection = root.new_connection(context_id);
             c.connections.insert(context_id, connection);

@@ -1,0 +1,465 @@
+//! What one Envoy worker holds for one filter configuration: its connections' sessions, when
+//! each must next be woken, the upstreams they go to and what was learned about those. Every
+//! decision is made here; an adapter translates its host's callbacks into these calls, carries
+//! out what they return (send a PING, release held bytes, close), and reports back.
+//!
+//! Calls never reach the host while they run, except through [`Host`] (a timer, stats, the
+//! shared store), which must not call back in; so an adapter may hold the worker borrowed for
+//! a call, and must release it before it carries out the result.
+
+use crate::config::Config;
+use crate::context_map::ContextMap;
+use crate::duration::{format_duration, Millis};
+use crate::host::{Cluster, ConnectionId, DataCallback, Host};
+use crate::metrics::{Metric, UpstreamMetric};
+use crate::report;
+use crate::session::{CloseReason, Event, Session, TickAction};
+use crate::shared_cutoff;
+use crate::upstream::{IntervalChange, UpstreamId, Upstreams};
+
+/// What a data callback's bytes led to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Verdict {
+    /// The filter still follows the client's bytes (the wasm build keeps the read buffer
+    /// paused for its keepalives while this holds).
+    pub following: bool,
+    /// Close the client connection now (the reason is already counted and logged).
+    pub close: Option<CloseReason>,
+}
+
+/// What a wake asks of the adapter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    Nothing,
+    /// Send [`PING`](crate::session::PING) towards Redis now, then call
+    /// [`Worker::ping_sent`] or [`Worker::ping_refused`].
+    SendPing,
+    /// Close the client connection (counted and logged already).
+    Close(CloseReason),
+}
+
+/// A connection whose cluster is still unknown after this many data callbacks is counted in
+/// the global stats only.
+const UPSTREAM_LOOKUPS: u8 = 4;
+
+struct Entry {
+    /// Boxed: the table then holds pointers, and its power-of-two growth costs 8 bytes a slot
+    /// instead of a whole Session.
+    session: Box<Session>,
+    /// Data callbacks left in which to look up the upstream cluster (Envoy knows it once
+    /// tcp_proxy has connected); 0 once known or given up.
+    lookups_left: u8,
+}
+
+pub struct Worker {
+    config: Config,
+    connections: ContextMap<Entry>,
+    upstreams: Upstreams,
+    poll: Poll,
+}
+
+/// With learning on, one connection (the carrier) also wakes every [`shared_cutoff::POLL_MS`]
+/// to look at what other workers learned: a worker has no timer of its own in every host.
+#[derive(Default)]
+struct Poll {
+    carrier: Option<ConnectionId>,
+    next: Millis,
+}
+
+/// A session's events, taken out of it to be recorded once its entry is no longer borrowed.
+type Pending = Option<(UpstreamId, Vec<Event>)>;
+
+impl Worker {
+    pub fn new(config: Config) -> Worker {
+        Worker {
+            config,
+            connections: ContextMap::default(),
+            upstreams: Upstreams::default(),
+            poll: Poll::default(),
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn len(&self) -> usize {
+        self.connections.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.connections.is_empty()
+    }
+
+    /// A new client connection. `now` is None when the host has no clock: the connection then
+    /// passes through untouched.
+    pub fn open(&mut self, host: &mut impl Host, id: ConnectionId, now: Option<Millis>) {
+        let Some(now) = now else {
+            log::warn!("connection {id}: no host clock; passing through");
+            host.add(Metric::Passthrough, 1);
+            return;
+        };
+        let entry = Entry {
+            session: Box::new(Session::new(&self.config, now)),
+            lookups_left: UPSTREAM_LOOKUPS,
+        };
+        if self.connections.insert(id, entry).is_none() {
+            host.add(Metric::Connections, 1);
+        }
+        self.update(host, id, |_| ());
+    }
+
+    /// The connection is gone (its context or filter is being destroyed).
+    pub fn remove(&mut self, host: &mut impl Host, id: ConnectionId) {
+        if self.connections.remove(&id).is_some() {
+            host.add(Metric::Connections, -1);
+        }
+        if self.poll.carrier == Some(id) {
+            self.poll.carrier = None;
+        }
+    }
+
+    pub fn is_tracked(&self, id: ConnectionId) -> bool {
+        self.connections.contains_key(&id)
+    }
+
+    /// Client bytes, on their way to Redis. A read that lies wholly inside a payload the filter
+    /// skips asks the host nothing (nothing can be sent before that frame ends, so the bytes
+    /// just go on).
+    pub fn on_client_data(
+        &mut self,
+        host: &mut impl Host,
+        id: ConnectionId,
+        size: usize,
+        end_of_stream: bool,
+        callback: &mut impl DataCallback,
+    ) -> Verdict {
+        let Some(entry) = self.connections.get_mut(&id) else {
+            return Verdict::default();
+        };
+        if entry.lookups_left > 0 {
+            identify(&mut self.upstreams, &self.config, host, id, entry, callback);
+        }
+        let s = &mut entry.session;
+        if !end_of_stream && s.skip_client_payload(size) {
+            return Verdict::default();
+        }
+        let Some(now) = callback.now() else {
+            return Verdict::default();
+        };
+        // Before the data: bytes held by a probe must go out ahead of the client's FIN.
+        if end_of_stream {
+            s.client_closed();
+        }
+        s.on_client_data(now, &mut callback.buffer());
+        let verdict = Verdict {
+            following: !s.requests_unfollowed(),
+            close: s.take_close(),
+        };
+        let pending = settle(&mut self.poll, &self.config, host, id, s);
+        self.record(host, id, pending);
+        verdict
+    }
+
+    /// Redis bytes, on their way to the client (the filter's own replies are cut out of the
+    /// callback's buffer). Returns held client bytes to send towards Redis now (a probe was
+    /// answered: the adapter sends them, or calls [`Worker::release_failed`]) and whether to
+    /// close.
+    pub fn on_server_data(
+        &mut self,
+        host: &mut impl Host,
+        id: ConnectionId,
+        size: usize,
+        end_of_stream: bool,
+        callback: &mut impl DataCallback,
+    ) -> (Option<Vec<u8>>, Option<CloseReason>) {
+        let Some(entry) = self.connections.get_mut(&id) else {
+            return (None, None);
+        };
+        if entry.lookups_left > 0 {
+            identify(&mut self.upstreams, &self.config, host, id, entry, callback);
+        }
+        let s = &mut entry.session;
+        if !end_of_stream && s.skip_server_payload(size) {
+            return (None, None);
+        }
+        // A reply owed promptly is dated by the session's last activity, a lower bound of now
+        // (see `Session::reply_time_hint`): no clock read on most replies.
+        let hint = if end_of_stream {
+            None
+        } else {
+            s.reply_time_hint()
+        };
+        let Some(now) = hint.or_else(|| callback.now()) else {
+            return (None, None);
+        };
+        s.on_server_data(now, &mut callback.buffer());
+        // Redis's FIN, on its way to the client: tcp_proxy closes the client connection next.
+        // While the client is idle, that close is the reconnect signal.
+        if end_of_stream {
+            s.upstream_closed(now);
+        }
+        let release = s.take_release();
+        let close = s.take_close();
+        let pending = settle(&mut self.poll, &self.config, host, id, s);
+        self.record(host, id, pending);
+        (release, close)
+    }
+
+    /// Run `f` on the session of `id`, then settle it. None when `id` is not tracked.
+    fn update<R>(
+        &mut self,
+        host: &mut impl Host,
+        id: ConnectionId,
+        f: impl FnOnce(&mut Session) -> R,
+    ) -> Option<R> {
+        let entry = self.connections.get_mut(&id)?;
+        let result = f(&mut entry.session);
+        let pending = settle(&mut self.poll, &self.config, host, id, &mut entry.session);
+        self.record(host, id, pending);
+        Some(result)
+    }
+
+    /// The held bytes [`Worker::on_server_data`] returned could not be sent: close rather than
+    /// lose them silently (they were never sent, so the client's retry is safe).
+    pub fn release_failed(
+        &mut self,
+        host: &mut impl Host,
+        id: ConnectionId,
+    ) -> Option<CloseReason> {
+        self.update(host, id, |s| {
+            s.fail_probe();
+            s.take_close()
+        })
+        .flatten()
+    }
+
+    /// The connection closed. `by_envoy`: Envoy closed it (tcp_proxy after Redis closed or
+    /// reset, or its idle timeout); otherwise the client did.
+    pub fn closed(&mut self, host: &mut impl Host, id: ConnectionId, by_envoy: bool, now: Millis) {
+        self.update(host, id, |s| {
+            if by_envoy {
+                s.upstream_closed(now);
+            } else {
+                s.client_closed();
+            }
+        });
+    }
+
+    /// A host call the session relies on failed (e.g. resuming the read): step aside.
+    pub fn host_failed(&mut self, host: &mut impl Host, id: ConnectionId) {
+        self.update(host, id, Session::host_failed);
+    }
+
+    /// The connection's timer fired (or a tick found it due).
+    pub fn wake(&mut self, host: &mut impl Host, id: ConnectionId, now: Millis) -> Wake {
+        if self.poll.carrier == Some(id) && now >= self.poll.next {
+            self.poll.next = now + shared_cutoff::POLL_MS;
+            self.adopt_shared(host);
+        }
+        let Some(entry) = self.connections.get_mut(&id) else {
+            return Wake::Nothing;
+        };
+        let s = &mut entry.session;
+        s.armed = None;
+        let wake = match s.on_tick(now) {
+            // Settled by ping_sent or ping_refused: re-arming now would arm a past deadline.
+            TickAction::SendPing => return Wake::SendPing,
+            TickAction::Close(reason) => Wake::Close(reason),
+            TickAction::None => Wake::Nothing,
+        };
+        let pending = settle(&mut self.poll, &self.config, host, id, s);
+        self.record(host, id, pending);
+        wake
+    }
+
+    /// The PING [`Wake::SendPing`] asked for is on its way to Redis.
+    pub fn ping_sent(&mut self, host: &mut impl Host, id: ConnectionId, now: Millis) {
+        self.update(host, id, |s| s.ping_sent(now));
+    }
+
+    /// The host would not send the PING. An idle connection is then closed before it can go
+    /// stale (the returned reason); a busy one is left to its own traffic.
+    pub fn ping_refused(
+        &mut self,
+        host: &mut impl Host,
+        id: ConnectionId,
+        now: Millis,
+    ) -> Option<CloseReason> {
+        match self.update(host, id, |s| s.ping_refused(now)) {
+            Some(TickAction::Close(reason)) => Some(reason),
+            _ => None,
+        }
+    }
+
+    /// Events taken from a session become stats, log lines and learning.
+    fn record(&mut self, host: &mut impl Host, id: ConnectionId, pending: Pending) {
+        let Some((upstream, events)) = pending else {
+            return;
+        };
+        let cluster = self
+            .upstreams
+            .get(upstream)
+            .map_or("", |u| u.cluster.as_str());
+        report::events(host, id, upstream, cluster, &events);
+        if self.config.learn.is_some() {
+            for event in &events {
+                self.learn(host, upstream, event);
+            }
+        }
+    }
+
+    /// What one event teaches about its upstream's idle cutoff.
+    fn learn(&mut self, host: &mut impl Host, upstream: UpstreamId, event: &Event) {
+        let before = self
+            .upstreams
+            .get(upstream)
+            .and_then(|u| u.cutoff.estimate());
+        let Some(change) = self.upstreams.observe(upstream, event, self.config.learn) else {
+            return;
+        };
+        let why = match event {
+            Event::IdleDeath { idle_ms } => format!(
+                "a connection died after {} of silence, so the path's idle cutoff is at most that",
+                format_duration(*idle_ms)
+            ),
+            Event::IdleSurvived { idle_ms } => format!(
+                "a connection survived {} of silence, longer than the learned cutoff: forgetting it",
+                format_duration(*idle_ms)
+            ),
+            _ => "new evidence".to_string(),
+        };
+        if let Some(u) = self.upstreams.get(upstream) {
+            let (cluster, estimate) = (u.cluster.clone(), u.cutoff.estimate());
+            shared_cutoff::publish(host, &cluster, estimate, before);
+        }
+        self.apply(host, change, &why);
+    }
+
+    /// Take what other workers learned (see shared_cutoff).
+    fn adopt_shared(&mut self, host: &mut impl Host) {
+        for index in 0..self.upstreams.len() {
+            let id = UpstreamId::try_from(index + 1).unwrap_or(0);
+            let Some(cluster) = self.upstreams.get(id).map(|u| u.cluster.clone()) else {
+                continue;
+            };
+            let Some((estimate, cas)) = shared_cutoff::read(host, &cluster) else {
+                continue;
+            };
+            if let Some(change) = self.upstreams.adopt(id, estimate, cas, self.config.learn) {
+                let why = match estimate {
+                    Some(ms) => format!(
+                        "another worker learned that the path's idle cutoff is at most {}",
+                        format_duration(ms)
+                    ),
+                    None => "another worker forgot the learned cutoff".to_string(),
+                };
+                self.apply(host, change, &why);
+            }
+        }
+    }
+
+    /// An upstream's learned interval changed: every connection to it follows at once.
+    fn apply(&mut self, host: &mut impl Host, change: IntervalChange, why: &str) {
+        let Some(upstream) = self.upstreams.get(change.upstream) else {
+            return;
+        };
+        log::info!(
+            "upstream {}: {why}; keepalive interval now {}",
+            upstream.cluster,
+            format_duration(change.interval)
+        );
+        let estimate = upstream.cutoff.estimate().unwrap_or(0);
+        let up = (change.upstream, upstream.cluster.as_str());
+        host.upstream_record(up, UpstreamMetric::IdleCutoffMs, estimate);
+        host.upstream_record(up, UpstreamMetric::KeepaliveIntervalMs, change.interval);
+        for (&id, entry) in self.connections.iter_mut() {
+            let s = &mut entry.session;
+            if s.upstream() == change.upstream && s.keepalive_interval() != Some(change.interval) {
+                s.set_keepalive_interval(Some(change.interval));
+                let deadline = s.next_deadline();
+                arm(host, id, s, deadline);
+            }
+        }
+    }
+
+    /// The session of `id`, for tests and benchmarks that look inside.
+    pub fn session(&self, id: ConnectionId) -> Option<&Session> {
+        self.connections.get(&id).map(|e| &*e.session)
+    }
+}
+
+/// After every call that may have changed a session: re-arm its timer if its deadline moved
+/// earlier, and take its events (recorded by the caller once the entry is released).
+fn settle(
+    poll: &mut Poll,
+    config: &Config,
+    host: &mut impl Host,
+    id: ConnectionId,
+    s: &mut Session,
+) -> Pending {
+    let mut deadline = s.next_deadline();
+    if config.learn.is_some() {
+        if poll.carrier.is_none() {
+            poll.carrier = Some(id);
+        }
+        if poll.carrier == Some(id) {
+            deadline = Some(deadline.map_or(poll.next, |d| d.min(poll.next)));
+        }
+    }
+    arm(host, id, s, deadline);
+    let events = s.take_events();
+    (!events.is_empty()).then(|| (s.upstream(), events))
+}
+
+/// Look up the connection's upstream cluster (on at most [`UPSTREAM_LOOKUPS`] callbacks) and
+/// put the connection on what was learned about it.
+fn identify(
+    upstreams: &mut Upstreams,
+    config: &Config,
+    host: &mut impl Host,
+    id: ConnectionId,
+    entry: &mut Entry,
+    callback: &mut impl DataCallback,
+) {
+    entry.lookups_left -= 1;
+    let cluster = match callback.cluster() {
+        Cluster::Known(cluster) => cluster,
+        Cluster::NotYet => return,
+        Cluster::Unknowable => {
+            log::debug!("connection {id}: no upstream cluster; global stats only");
+            entry.lookups_left = 0;
+            return;
+        }
+    };
+    entry.lookups_left = 0;
+    let Some((upstream, new)) = upstreams.register(&cluster) else {
+        return;
+    };
+    let learned = upstreams.interval(upstream, config.learn);
+    if new {
+        host.define_upstream(upstream, &cluster);
+        let interval = learned.or(config.keepalive_interval).unwrap_or(0);
+        let up = (upstream, cluster.as_str());
+        host.upstream_record(up, UpstreamMetric::KeepaliveIntervalMs, interval);
+        host.upstream_record(up, UpstreamMetric::IdleCutoffMs, 0);
+    }
+    host.upstream_add((upstream, &cluster), UpstreamMetric::ConnectionsOpened, 1);
+    entry.session.set_upstream(upstream);
+    if let Some(interval) = learned {
+        entry.session.set_keepalive_interval(Some(interval));
+    }
+    log::debug!("connection {id} goes to upstream {cluster}");
+}
+
+/// Ask the host to wake `id` at `deadline` if that is earlier than what is armed (a deadline
+/// that moved later, the data path's common case, costs nothing: the wake finds it not due and
+/// re-arms).
+fn arm(host: &mut impl Host, id: ConnectionId, s: &mut Session, deadline: Option<Millis>) {
+    let Some(at) = deadline else { return };
+    if s.armed.is_some_and(|armed| armed <= at) {
+        return;
+    }
+    s.armed = Some(at);
+    host.arm(id, at);
+}
