@@ -4,13 +4,17 @@ SHELL := /bin/bash
 
 WASM_TARGET := wasm32-unknown-unknown
 WASM := target/$(WASM_TARGET)/release/redis_idle_guard.wasm
+NATIVE := target/release/libredis_idle_guard.so
+# The native module unwinds on a panic so that each entry point can catch it (src/native/exports.rs);
+# the .wasm aborts (a trap), as proxy-wasm expects.
+NATIVE_FLAGS := --release --lib --features native --config 'profile.release.panic="unwind"'
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
 
 NODE_LAB := tests/lab/node
 
-.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build test test-core test-e2e lint demo matrix bench fuzz fuzz-smoke clean
+.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build build-native test test-core test-e2e lint demo matrix bench fuzz fuzz-smoke clean
 
 setup: setup-rust setup-apt setup-py setup-node
 
@@ -44,9 +48,15 @@ build: setup-rust
 	cargo build --target $(WASM_TARGET) --release
 	@ls -l $(WASM)
 
+# The same filter as an Envoy dynamic module (Envoy 1.40's ABI; loads on 1.40 and 1.41).
+build-native:
+	cargo build $(NATIVE_FLAGS)
+	@ls -l $(NATIVE)
+
 lint: setup-rust
 	cargo fmt --check
 	cargo clippy --target $(WASM_TARGET) --release -- -D warnings
+	cargo clippy $(NATIVE_FLAGS) -- -D warnings
 	cargo clippy --all-targets -- -D warnings
 
 # Native core tests (unit, property, framer-vs-oracle) and the real .wasm under the wasmtime
@@ -56,8 +66,8 @@ lint: setup-rust
 test-core: setup-rust setup-py
 	cargo test
 
-# Real Envoy + real redis-server + real clients.
-test-e2e: setup build
+# Real Envoy + real redis-server + real clients, each behaviour test once per build.
+test-e2e: setup build build-native
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, a no-op Wasm filter
@@ -92,13 +102,13 @@ test: setup lint test-core fuzz-smoke test-e2e
 # The incident, the short idle-death matrix (faults × chains × clients), then the filter learning
 # a NAT's idle cutoff it is not told (keepalive_interval "auto").
 demo: setup build
-	$(PY) tests/lab/demo.py --wasm $(WASM)
-	$(PY) tests/lab/matrix.py --short --wasm $(WASM)
-	$(PY) tests/lab/learning.py --wasm $(WASM)
+	$(PY) tests/lab/demo.py --module $(WASM)
+	$(PY) tests/lab/matrix.py --short --module $(WASM)
+	$(PY) tests/lab/learning.py --module $(WASM)
 
 # The full matrix: every fault × chain × client, 3 rounds each (a few minutes).
 matrix: setup build
-	$(PY) tests/lab/matrix.py --wasm $(WASM)
+	$(PY) tests/lab/matrix.py --module $(WASM)
 
 clean:
 	cargo clean

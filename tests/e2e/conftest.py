@@ -1,8 +1,10 @@
 """Fixtures for the end-to-end suite: real Envoy 1.40 + real redis-server + redis-py, loopback.
 
 `lab` starts processes for one test and stops them afterwards (also on failure, when it prints
-the tail of each Envoy log). `wasm` is the built filter; tests that need it FAIL (not skip) when
-it is missing, because `make test-e2e` builds it first.
+the tail of each Envoy log). `module` is a built filter, and every test that takes it runs once
+per build: `[wasm]` (the proxy-wasm module) and `[native]` (the Envoy dynamic module);
+`wasm_module` and `native_module` are one build each, for tests of one build's own files. Tests
+FAIL (not skip) when a build is missing, because `make test-e2e` builds both first.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ TESTS_DIR = Path(__file__).resolve().parents[1]
 if str(TESTS_DIR) not in sys.path:
     sys.path.insert(0, str(TESTS_DIR))
 
-from lab import EnvoyProxy, RedisServer, default_wasm_path, live_processes, stop_all  # noqa: E402
+from lab import (EnvoyProxy, FilterModule, RedisServer, default_native_path,  # noqa: E402
+                 default_wasm_path, live_processes, stop_all)
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -35,17 +38,31 @@ def pytest_sessionfinish(session, exitstatus):
         print(f"\nlab: stopped processes left running at session end: {leftovers}")
 
 
-@pytest.fixture(scope="session")
-def wasm() -> Path:
-    path = default_wasm_path()
+def _build(path: Path, make: str) -> FilterModule:
     if not path.exists():
-        pytest.fail(f"the filter module {path} does not exist: run `make build` "
+        pytest.fail(f"the filter module {path} does not exist: run `make {make}` "
                     "(make test-e2e does it)", pytrace=False)
-    return path
+    return FilterModule(path)
 
 
-# Log lines that mean the filter's VM crashed or misbehaved: never acceptable in a passing test.
-VM_FAILURE = re.compile(r"panicked at|Uncaught RuntimeError|Wasm VM failed|wasm trap|"
+@pytest.fixture(scope="session")
+def wasm_module() -> FilterModule:
+    return _build(default_wasm_path(), "build")
+
+
+@pytest.fixture(scope="session")
+def native_module() -> FilterModule:
+    return _build(default_native_path(), "build-native")
+
+
+@pytest.fixture(scope="session", params=["wasm", "native"])
+def module(request) -> FilterModule:
+    return request.getfixturevalue(f"{request.param}_module")
+
+
+# Log lines that mean the filter failed (a Wasm VM crash or trap, a native callback that
+# panicked): never acceptable in a passing test.
+VM_FAILURE = re.compile(r"panicked|Uncaught RuntimeError|Wasm VM failed|wasm trap|"
                         r"Function: proxy_on_\w+ failed|failed to load", re.IGNORECASE)
 
 # Envoy's startup inventory (extension lists, header maps) and deprecation notices.

@@ -39,15 +39,15 @@ RESP3_RECONNECTS = ClientSpec("resp3-checked", "redis.asyncio RESP3 pool, maint.
 SYNC = ClientSpec("sync", "redis-py sync pool (RESP3)", "py-sync", 3, reconnects_on_close=True)
 
 
-def _envoys(lab, wasm, fault):
+def _envoys(lab, module, fault):
     return {"plain": lab.envoy(fault.address, name="envoy-plain"),
-            "guard": lab.envoy(fault.address, wasm=wasm, plugin_config=GUARD, name="envoy-guard")}
+            "guard": lab.envoy(fault.address, module=module, plugin_config=GUARD, name="envoy-guard")}
 
 
-def _round(lab, wasm, fault, clients, on_armed=None, envoys=None):
+def _round(lab, module, fault, clients, on_armed=None, envoys=None):
     """One round through plain Envoy and through the filter at once: ({(chain, client): Outcome},
     the guarded Envoy)."""
-    envoys = envoys or _envoys(lab, wasm, fault)
+    envoys = envoys or _envoys(lab, module, fault)
     guard = envoys["guard"]
     pairs = [(chain, c) for chain in ("plain", "guard") for c in clients]
     sessions = [(envoys[chain].address, c, f"lab:{fault.key}:{chain}:{c.key}")
@@ -89,9 +89,9 @@ def test_router_namespace_is_private_and_forgets_idle_flows():
     assert f" {names[2]}@" not in links and f" {names[2]}:" not in links, links
 
 
-def test_a_nat_silent_drop(lab, wasm):
+def test_a_nat_silent_drop(lab, module):
     with NatTimeout("drop", cutoff_s=2) as fault:
-        r, guard = _round(lab, wasm, fault, [RESP3])
+        r, guard = _round(lab, module, fault, [RESP3])
     plain = r[("plain", "resp3")]
     assert not plain.ok and plain.error.startswith("TimeoutError"), plain
     assert plain.latency_ms >= S.command_timeout_s * 1000 * 0.9, plain  # it hung until timeout
@@ -100,40 +100,40 @@ def test_a_nat_silent_drop(lab, wasm):
     assert stats["keepalive.answered"] >= 3 and stats["keepalive.failed"] == 0, stats
 
 
-def test_b_nat_reset(lab, wasm):
+def test_b_nat_reset(lab, module):
     with NatTimeout("reset", cutoff_s=2) as fault:
-        r, _ = _round(lab, wasm, fault, [RESP3])
+        r, _ = _round(lab, module, fault, [RESP3])
     plain = r[("plain", "resp3")]
     assert not plain.ok and "reset" in plain.error.lower(), plain
     _assert_ok(r[("guard", "resp3")], "through the filter")
 
 
-def test_c_redis_timeout(lab, wasm):
+def test_c_redis_timeout(lab, module):
     with RedisTimeout(cutoff_s=2) as fault:
-        r, _ = _round(lab, wasm, fault, [RESP3])
+        r, _ = _round(lab, module, fault, [RESP3])
     plain = r[("plain", "resp3")]
     assert not plain.ok and "Connection closed by server." in plain.error, plain
     _assert_ok(r[("guard", "resp3")], "through the filter")
 
 
-def test_d_redis_restart(lab, wasm):
+def test_d_redis_restart(lab, module):
     """Redis's close reaches the client through plain Envoy too (Envoy relays the FIN); the
     filter counts it as a reconnect signal, and a pool that reconnects on close carries on.
     The default RESP3 pool does not look at its connection and fails either way."""
     with RedisRestart() as fault:
-        r, guard = _round(lab, wasm, fault, [RESP3, RESP3_RECONNECTS])
+        r, guard = _round(lab, module, fault, [RESP3, RESP3_RECONNECTS])
     plain = r[("plain", "resp3")]
     assert not plain.ok and "Connection closed by server." in plain.error, plain
     _assert_ok(r[("guard", "resp3-checked")], "reconnecting pool through the filter")
     assert guard.guard_stat("reconnect_signals", 0) >= 1
 
 
-def test_e_black_hole(lab, wasm):
+def test_e_black_hole(lab, module):
     """Established flows are dropped both ways from mid-idle. Plain Envoy: the command hangs
     until the client's timeout. The filter's PING goes unanswered, so it closes the idle client
     after keepalive_interval + ping_timeout; a pool that reconnects on close then succeeds."""
     with BlackHole() as fault:
-        r, guard = _round(lab, wasm, fault, [RESP3_RECONNECTS])
+        r, guard = _round(lab, module, fault, [RESP3_RECONNECTS])
         plain = r[("plain", "resp3-checked")]
         assert not plain.ok and plain.error.startswith("TimeoutError"), plain
         _assert_ok(r[("guard", "resp3-checked")], "reconnecting pool through the filter")
@@ -150,7 +150,7 @@ def test_e_black_hole(lab, wasm):
         assert got == b"" and 2.5 <= waited <= 4.0, waited
 
 
-def test_f_slow_redis_is_not_closed(lab, wasm):
+def test_f_slow_redis_is_not_closed(lab, module):
     """A control: Redis answers everything (the filter's PINGs too) up to 1.2 s late, below
     ping_timeout. Nothing may fail, and the filter must not take slowness for death."""
     probe = {}
@@ -164,7 +164,7 @@ def test_f_slow_redis_is_not_closed(lab, wasm):
 
     fault = SlowRedis(stall_s=1.2)
     with fault:
-        r, guard = _round(lab, wasm, fault, [RESP3], on_armed=slow_probe)
+        r, guard = _round(lab, module, fault, [RESP3], on_armed=slow_probe)
     print(f"a direct PING during the stall took {probe['ping_s']:.2f}s; stalls: {fault.stalls}")
     assert probe["ping_s"] >= 0.8
     for chain in ("plain", "guard"):
@@ -175,7 +175,7 @@ def test_f_slow_redis_is_not_closed(lab, wasm):
     assert stats["keepalive.answered"] >= 2, stats
 
 
-def test_g_crash_restart_filter_closes_at_once(lab, wasm):
+def test_g_crash_restart_filter_closes_at_once(lab, module):
     """Redis restarts and its FINs are lost: through plain Envoy an idle connection looks fine
     until its next command gets a RST, even for a pool that checks at checkout. The filter's
     next PING meets that RST, so the idle client is closed about keepalive_interval after its
@@ -205,13 +205,13 @@ def test_g_crash_restart_filter_closes_at_once(lab, wasm):
                 t.start()
                 threads.append(t)
 
-        envoys = _envoys(lab, wasm, fault)
+        envoys = _envoys(lab, module, fault)
         plain_raw = RawConnection(envoys["plain"].address)
         guard_raw = RawConnection(envoys["guard"].address)
         try:
             for c in (plain_raw, guard_raw):
                 assert c.command("PING").raw == b"+PONG\r\n"
-            r, guard = _round(lab, wasm, fault, [SYNC, RESP3_RECONNECTS], on_armed, envoys)
+            r, guard = _round(lab, module, fault, [SYNC, RESP3_RECONNECTS], on_armed, envoys)
             for t in threads:
                 t.join(6)
         finally:
@@ -228,7 +228,7 @@ def test_g_crash_restart_filter_closes_at_once(lab, wasm):
     print("redis.asyncio (checks at checkout) through the filter:", r[("guard", "resp3-checked")])
 
 
-def test_matrix_claims_hold_for_every_client(wasm, tmp_path):
+def test_matrix_claims_hold_for_every_client(module, tmp_path):
     """The short idle-death matrix for faults (a)-(f), every client (redis-py asyncio RESP3,
     RESP2, sync, and node's ioredis), `--strict`: exits 1 if any claim for the filter column
     fails. (g), a Redis crash relayed to the client as a RST, is reported by `make matrix` and
@@ -239,7 +239,7 @@ def test_matrix_claims_hold_for_every_client(wasm, tmp_path):
     matrix = Path(__file__).resolve().parents[1] / "lab" / "matrix.py"
     proc = subprocess.run(
         [sys.executable, str(matrix), "--short", "--faults", "abcdef", "--strict",
-         "--wasm", str(wasm), "--out", str(tmp_path)],
+         "--module", str(module), "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     print(proc.stdout[-12000:])
     print(proc.stderr[-4000:])

@@ -50,9 +50,9 @@ def test_incident_without_filter_connections_die(lab):
     assert sum(len(r.errors) for r in results) >= len(CLIENTS) * ((ROUNDS + 1) // 2)
 
 
-def test_incident_with_filter_no_errors(lab, wasm):
+def test_incident_with_filter_no_errors(lab, module):
     redis = lab.redis(timeout=REDIS_TIMEOUT)
-    envoy = lab.envoy(redis, wasm=wasm,
+    envoy = lab.envoy(redis, module=module,
                       plugin_config={"keepalive_interval": "1s", "ping_timeout": "5s"})
     results = asyncio.run(_run_all(envoy.address))
     for r in results:

@@ -19,14 +19,14 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fault lab needs r
 
 
 @pytest.mark.parametrize("fault_key", ["nat-drop-3s", "redis-timeout-2s"])
-def test_learns_a_cutoff_it_is_not_told_and_then_no_connection_dies(lab, wasm, fault_key):
+def test_learns_a_cutoff_it_is_not_told_and_then_no_connection_dies(lab, module, fault_key):
     """One pooled connection teaches the filter (two Envoy workers, which share what they
     learn); then six more idle through both workers without a death. A NAT's silent drop is
     seen by unanswered PINGs; Redis `timeout` (it closes between 2 and 3 s) by its FIN."""
     fault = (NatTimeout("drop", cutoff_s=learning.CUTOFF_S) if fault_key == "nat-drop-3s"
              else RedisTimeout(cutoff_s=2))
     with fault:
-        guard = lab.envoy(fault.address, wasm=wasm, plugin_config=learning.AUTO, concurrency=2,
+        guard = lab.envoy(fault.address, module=module, plugin_config=learning.AUTO, concurrency=2,
                           name="envoy-learning")
         plain = lab.envoy(fault.address, name="envoy-plain")
         # RedisTimeout.cutoff_s is the worst case (timeout + 1 s of Redis's whole-second check).

@@ -36,6 +36,12 @@ from lab.envoy_proxy import envoy_binary
 from lab.procs import REPO_ROOT
 
 ISTIO_DIR = REPO_ROOT / "envoy" / "istio"
+
+
+@pytest.fixture(scope="session")
+def wasm(wasm_module) -> Path:
+    """The Wasm build, which the Istio manifests ship."""
+    return wasm_module.path
 CRD_FILE = REPO_ROOT / "tests" / "manifests" / "istio-crds-1.30.3.yaml"
 REDIS_PORT = 6379
 
@@ -407,7 +413,7 @@ ENVOY_CONFIGS = sorted(p.relative_to(REPO_ROOT).as_posix()
 
 
 @pytest.mark.parametrize("config", ENVOY_CONFIGS)
-def test_envoy_config_validates(wasm, config):
+def test_envoy_config_validates(wasm, native_module, config):
     """`envoy --mode validate -c envoy/<file>.yaml`, from the repository root (their paths are
     relative to it), for every Envoy config the project ships."""
     proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", config,

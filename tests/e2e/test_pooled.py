@@ -54,7 +54,7 @@ def pooled(lab):
         yield start
 
 
-def _side_by_side(pooled, fault, wasm, clients=CLIENTS, rounds=ROUNDS, idle_s=IDLE_S,
+def _side_by_side(pooled, fault, module, clients=CLIENTS, rounds=ROUNDS, idle_s=IDLE_S,
                   guard=GUARD):
     """plain and guard Envoys, one per client each; all sessions at once. Returns
     ({(chain, client): SessionResult}, {(chain, client): {"pool": ..., "filter": ...}}), the
@@ -63,7 +63,7 @@ def _side_by_side(pooled, fault, wasm, clients=CLIENTS, rounds=ROUNDS, idle_s=ID
     for client in clients:
         envoys[("plain", client)] = pooled(fault.address, internal_leg=False,
                                            op_timeout=OP_TIMEOUT, name=f"plain-{client}")
-        envoys[("guard", client)] = pooled(fault.address, wasm=wasm, plugin_config=guard,
+        envoys[("guard", client)] = pooled(fault.address, module=module, plugin_config=guard,
                                            op_timeout=OP_TIMEOUT, name=f"guard-{client}")
     keys = list(envoys)
     sessions = [(client, envoys[(chain, client)].address, f"pooled:{fault.key}:{chain}:{client}")
@@ -112,7 +112,7 @@ def _redis_pings(fault_or_redis) -> int:
 
 
 # -- the shipped bootstrap ----------------------------------------------------------------------
-def test_shipped_pooled_yaml_validates(wasm):
+def test_shipped_pooled_yaml_validates(wasm_module):
     """`envoy --mode validate -c envoy/pooled.yaml` from the repo root (it loads the module)."""
     proc = subprocess.run([envoy_binary(), "--mode", "validate", "-c", "envoy/pooled.yaml",
                            "--disable-hot-restart"],
@@ -120,12 +120,12 @@ def test_shipped_pooled_yaml_validates(wasm):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
 
 
-def test_shipped_pooled_yaml_runs_and_the_filter_owns_the_leg(lab, wasm, pooled):
-    """envoy/pooled.yaml as shipped (ports, Redis address, module path moved into the lab; a 1 s
-    keepalive): commands work, redis_proxy's leg goes through the internal listener and the
-    filter, and the filter's PINGs (not the application's) reach Redis."""
+def test_shipped_pooled_yaml_runs_and_the_filter_owns_the_leg(lab, wasm_module, pooled):
+    """envoy/pooled.yaml (the Wasm build) as shipped (ports, Redis address, module path moved
+    into the lab; a 1 s keepalive): commands work, redis_proxy's leg goes through the internal
+    listener and the filter, and the filter's PINGs (not the application's) reach Redis."""
     redis = lab.redis()
-    e = PooledEnvoy.from_shipped_yaml(redis, wasm=wasm, plugin_config={
+    e = PooledEnvoy.from_shipped_yaml(redis, module=wasm_module, plugin_config={
         "keepalive_interval": "1s", "ping_timeout": "2s", "probe_after": "2s"})
     lab.envoys.append(e)
     with e:
@@ -157,11 +157,11 @@ def test_shipped_pooled_yaml_runs_and_the_filter_owns_the_leg(lab, wasm, pooled)
         assert e.pool_stats()["legs_opened"] == 1
 
 
-def test_without_the_internal_upstream_socket_and_one_leg_per_worker(lab, wasm, pooled):
+def test_without_the_internal_upstream_socket_and_one_leg_per_worker(lab, module, pooled):
     """The chain also works without the internal_upstream transport socket (it is optional on
     1.40), and with 2 workers each worker's leg is guarded: keepalives on every leg."""
     redis = lab.redis()
-    e = pooled(redis, wasm=wasm, plugin_config=GUARD, internal_upstream=False, concurrency=2)
+    e = pooled(redis, module=module, plugin_config=GUARD, internal_upstream=False, concurrency=2)
     conns = [RawConnection(e.address) for _ in range(8)]
     try:
         for i, c in enumerate(conns):
@@ -180,13 +180,13 @@ def test_without_the_internal_upstream_socket_and_one_leg_per_worker(lab, wasm, 
 
 # -- faults -------------------------------------------------------------------------------------
 @root_only
-def test_a_nat_silent_drop(lab, wasm, pooled):
+def test_a_nat_silent_drop(lab, module, pooled):
     """A NAT forgets flows idle for 2 s and drops what follows silently. redis_proxy alone: the
     first command after every idle spell hangs until op_timeout and fails ("upstream
     failure"); redis_proxy then closes that leg and the follow-up works on a new one. Through
     the filter: no error, one leg for the whole run."""
     with NatTimeout("drop", cutoff_s=CUTOFF_S) as fault:
-        r, snaps = _side_by_side(pooled, fault, wasm)
+        r, snaps = _side_by_side(pooled, fault, module)
     for client in CLIENTS:
         plain, guard = r[("plain", client)], r[("guard", client)]
         assert plain.errors, f"the fault did not bite redis_proxy alone: {plain.summary()}"
@@ -196,13 +196,13 @@ def test_a_nat_silent_drop(lab, wasm, pooled):
 
 
 @root_only
-def test_c_redis_timeout(lab, wasm, pooled):
+def test_c_redis_timeout(lab, module, pooled):
     """Redis `timeout 2` closes idle connections. redis_proxy hears Redis's FIN while idle,
     drops the leg and opens a new one for the next command, so its clients see no error (the
     fault does not reach the application through redis_proxy; measured, printed), but every
     idle spell costs a leg. Through the filter: no error and the leg is never closed."""
     with RedisTimeout(cutoff_s=CUTOFF_S) as fault:
-        r, snaps = _side_by_side(pooled, fault, wasm)
+        r, snaps = _side_by_side(pooled, fault, module)
     for client in CLIENTS:
         plain_pool = snaps[("plain", client)]["pool"]
         # The fault is real: Redis closed the plain legs while they idled.
@@ -214,13 +214,13 @@ def test_c_redis_timeout(lab, wasm, pooled):
 
 
 @root_only
-def test_app_health_checks_do_not_reach_redis_through_redis_proxy(lab, wasm, pooled):
+def test_app_health_checks_do_not_reach_redis_through_redis_proxy(lab, module, pooled):
     """redis-py's health_check_interval PINGs a pooled connection before using it after an idle
     spell. Through redis_proxy that PING is answered by Envoy: Redis never sees it, the leg
     stays dead, and the SET after it fails. The filter PINGs the leg itself."""
     with NatTimeout("drop", cutoff_s=CUTOFF_S) as fault:
         plain = pooled(fault.address, internal_leg=False, op_timeout=OP_TIMEOUT, name="plain-hc")
-        guard = pooled(fault.address, wasm=wasm, plugin_config=GUARD, op_timeout=OP_TIMEOUT,
+        guard = pooled(fault.address, module=module, plugin_config=GUARD, op_timeout=OP_TIMEOUT,
                        name="guard-hc")
 
         async def session(envoy):
@@ -258,7 +258,7 @@ def test_app_health_checks_do_not_reach_redis_through_redis_proxy(lab, wasm, poo
 
 
 @root_only
-def test_dead_leg_closed_by_the_filter_is_replaced_by_redis_proxy(lab, wasm, pooled):
+def test_dead_leg_closed_by_the_filter_is_replaced_by_redis_proxy(lab, module, pooled):
     """A leg can still die between keepalives (here the keepalive interval is longer than the
     NAT cutoff on purpose): the filter's PING goes unanswered, it closes the idle leg, and
     redis_proxy drops it from its pool and connects afresh for the next command: no error.
@@ -266,7 +266,7 @@ def test_dead_leg_closed_by_the_filter_is_replaced_by_redis_proxy(lab, wasm, poo
     is the client, and it does.)"""
     late = {"keepalive_interval": "3s", "ping_timeout": "1s", "probe_after": "0s"}
     with NatTimeout("drop", cutoff_s=CUTOFF_S) as fault:
-        guard = pooled(fault.address, wasm=wasm, plugin_config=late, op_timeout=OP_TIMEOUT,
+        guard = pooled(fault.address, module=module, plugin_config=late, op_timeout=OP_TIMEOUT,
                        name="guard-late")
         res = asyncio.run(run_sessions([("py-async-resp2-pool", guard.address, "late")],
                                        rounds=1, idle_s=6.0,
@@ -280,13 +280,13 @@ def test_dead_leg_closed_by_the_filter_is_replaced_by_redis_proxy(lab, wasm, poo
 
 
 # -- what redis_proxy accepts (the README's "pooled vs transparent" claims) --------------------
-def test_redis_proxy_command_coverage_claims(lab, wasm, pooled):
+def test_redis_proxy_command_coverage_claims(lab, module, pooled):
     """The claims the README makes about redis_proxy on 1.40, through the pooled chain: RESP2
     only; no pub/sub, blocking commands, WAIT or MONITOR; MULTI/EXEC on a connection of its
     own; SELECT forwarded on the SHARED leg (it switches the database of every client); EVAL
     needs a key. The filter never steps aside for any of it."""
     redis = lab.redis(extra_config={"databases": "16"})
-    e = pooled(redis, wasm=wasm, plugin_config=GUARD)
+    e = pooled(redis, module=module, plugin_config=GUARD)
     refused = {}
     with RawConnection(e.address) as a, RawConnection(e.address) as b:
         assert a.command("HELLO", "3").raw.startswith(b"-NOPROTO")

@@ -21,9 +21,9 @@ def ping_calls(redis) -> int:
     return int(stats.get("cmdstat_ping", {}).get("calls", 0))
 
 
-def test_probed_command_runs_once_after_the_pong(lab, wasm):
+def test_probed_command_runs_once_after_the_pong(lab, module):
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=PROBING)
+    envoy = lab.envoy(redis, module=module, plugin_config=PROBING)
     direct = redis.direct()
     probed, fresh = [], []
     with RawConnection(envoy.address) as c:
@@ -51,9 +51,9 @@ def test_probed_command_runs_once_after_the_pong(lab, wasm):
     assert stats.get("keepalive.sent", 0) == 0, stats
 
 
-def test_probe_on_a_dead_link_never_sends_the_command(lab, wasm):
+def test_probe_on_a_dead_link_never_sends_the_command(lab, module):
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=PROBING)
+    envoy = lab.envoy(redis, module=module, plugin_config=PROBING)
     with RawConnection(envoy.address) as c:
         assert c.command("INCR", "n").raw == b":1\r\n"
         time.sleep(1.3)

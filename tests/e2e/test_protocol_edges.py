@@ -25,9 +25,9 @@ IDLE = 0.7
 
 
 @pytest.fixture
-def redis_envoy(lab, wasm):
+def redis_envoy(lab, module):
     redis = lab.redis()
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=FAST)
+    envoy = lab.envoy(redis, module=module, plugin_config=FAST)
     return redis, envoy
 
 
@@ -59,10 +59,10 @@ def test_client_reply_off_and_skip(redis_envoy):
         _no_signal(envoy)
 
 
-def test_before_auth(lab, wasm):
+def test_before_auth(lab, module):
     """Keepalives before AUTH get -NOAUTH from Redis; the client must not see them."""
     redis = lab.redis(extra_config={"requirepass": "s3cret"})
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=FAST)
+    envoy = lab.envoy(redis, module=module, plugin_config=FAST)
     with RawConnection(envoy.address) as c:
         assert c.command("GET", "x").raw == b"-NOAUTH Authentication required.\r\n"
         assert c.expect_silence(IDLE) == b""
@@ -195,12 +195,20 @@ def test_leaving_subscribed_mode(redis_envoy, protocol, leave):
     assert stats.get("passthrough", 0) == 0, stats
 
 
-def test_never_used_connection_with_probes_off(lab, wasm):
-    """A client that connects and sends nothing: Envoy holds no paused read buffer for it, so no
-    PING can be injected. With probes off, the documented fallback applies: the idle client is
-    closed cleanly (FIN, no bytes) at keepalive_interval."""
+def test_never_used_connection_with_probes_off(lab, module):
+    """A client that connects and sends nothing, with probes off. Wasm: Envoy holds no paused
+    read buffer for it, so no PING can be injected, and the documented fallback applies: the
+    idle client is closed cleanly (FIN, no bytes) at keepalive_interval. Native: the PING goes
+    out like any other (the dynamic-module ABI injects without a paused buffer)."""
     redis = lab.redis()
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={**FAST, "probe_after": "0s"})
+    envoy = lab.envoy(redis, module=module, plugin_config={**FAST, "probe_after": "0s"})
+    if module.native:
+        with RawConnection(envoy.address) as c:
+            assert c.expect_silence(IDLE) == b""
+            stats = envoy.guard_stats()
+            assert stats["keepalive.answered"] >= 1 and stats["keepalive.refused"] == 0, stats
+            assert c.command("PING").raw == b"+PONG\r\n"
+        return
     with RawConnection(envoy.address) as c:
         waited, got, reset = c.wait_eof(3)
         print(f"never-used connection closed after {waited:.2f}s (reset={reset})")
@@ -212,11 +220,11 @@ def test_never_used_connection_with_probes_off(lab, wasm):
         assert c.expect_silence(IDLE) == b""
 
 
-def test_never_used_connection_is_kept_and_probed(lab, wasm):
+def test_never_used_connection_is_kept_and_probed(lab, module):
     """With probes on (the default), a connection a pool opened ahead of use is left alone,
     and its first command, if it comes after probe_after, waits for a PING's answer."""
     redis = lab.redis()
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={**FAST, "probe_after": "1s"})
+    envoy = lab.envoy(redis, module=module, plugin_config={**FAST, "probe_after": "1s"})
     with RawConnection(envoy.address) as c:
         assert c.expect_silence(2.0) == b"", "the filter closed or wrote to an unused connection"
         assert c.command("INCR", "first").raw == b":1\r\n"
@@ -284,9 +292,9 @@ def test_monitor_sees_only_real_traffic(redis_envoy):
     # they are real commands to Redis.)
 
 
-def test_many_idle_connections(lab, wasm):
+def test_many_idle_connections(lab, module):
     redis = lab.redis(timeout=1)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=FAST, concurrency=2)
+    envoy = lab.envoy(redis, module=module, plugin_config=FAST, concurrency=2)
     conns = [RawConnection(envoy.address) for _ in range(60)]
     try:
         for c in conns:
@@ -330,12 +338,12 @@ def test_client_half_close_and_abrupt_closes(redis_envoy):
     envoy.wait_for_guard_stat("connections", lambda v: v == 0, 5)
 
 
-def test_black_hole_with_a_command_in_flight(lab, wasm):
+def test_black_hole_with_a_command_in_flight(lab, module):
     """Redis freezes while a keepalive is outstanding and the client then sends a command.
     Whatever the filter decides (wait, or close), the client must never get a wrong reply:
     either exactly its +OK after Redis comes back, or EOF."""
     redis = lab.redis()
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "1s",
+    envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "1s",
                                                         "ping_timeout": "1s"})
     with RawConnection(envoy.address) as c:
         assert c.command("PING").raw == b"+PONG\r\n"

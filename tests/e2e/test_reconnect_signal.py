@@ -18,9 +18,9 @@ from lab import RawConnection, make_async_client
 GUARD = {"keepalive_interval": "1s", "ping_timeout": "1s"}
 
 
-def test_frozen_redis_closes_idle_client(lab, wasm):
+def test_frozen_redis_closes_idle_client(lab, module):
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=GUARD)
+    envoy = lab.envoy(redis, module=module, plugin_config=GUARD)
     with RawConnection(envoy.address) as c:
         assert c.command("PING").raw == b"+PONG\r\n"
         with redis.frozen():
@@ -40,11 +40,11 @@ def test_frozen_redis_closes_idle_client(lab, wasm):
         assert c.command("GET", "after").raw == b"$1\r\n1\r\n"
 
 
-def test_pool_reconnects_after_signal(lab, wasm):
+def test_pool_reconnects_after_signal(lab, module):
     """A redis-py RESP2 ConnectionPool checks a connection at checkout: after the signal its
     next command goes out on a fresh connection, with no error and no hang."""
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=GUARD)
+    envoy = lab.envoy(redis, module=module, plugin_config=GUARD)
 
     async def main():
         client = make_async_client(envoy.address, protocol=2, single_connection_client=False,
@@ -66,10 +66,10 @@ def test_pool_reconnects_after_signal(lab, wasm):
     assert envoy.guard_stat("reconnect_signals", 0) >= 1
 
 
-def test_upstream_close_while_idle_closes_client(lab, wasm):
+def test_upstream_close_while_idle_closes_client(lab, module):
     """Redis closes the connection (CLIENT KILL here; `timeout` or a restart in real life)."""
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "30s"})
+    envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "30s"})
     with RawConnection(envoy.address) as c:
         client_id = c.command("CLIENT", "ID").value
         assert redis.direct().client_kill_filter(_id=client_id) == 1
@@ -79,11 +79,11 @@ def test_upstream_close_while_idle_closes_client(lab, wasm):
     envoy.wait_for_guard_stat("reconnect_signals", lambda v: v >= 1, 2)
 
 
-def test_client_close_is_not_a_reconnect_signal(lab, wasm):
+def test_client_close_is_not_a_reconnect_signal(lab, module):
     """A client closing its own connection (close, QUIT, half-close) is not a reconnect
     signal: reconnect_signals counts only the closes the filter causes or relays."""
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "30s"})
+    envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "30s"})
     c = RawConnection(envoy.address)
     assert c.command("PING").raw == b"+PONG\r\n"
     c.close()
@@ -102,12 +102,12 @@ def test_client_close_is_not_a_reconnect_signal(lab, wasm):
     assert stats.get("reconnect_signals", 0) == 0, stats
 
 
-def test_slow_redis_with_a_command_in_flight_is_not_closed(lab, wasm):
+def test_slow_redis_with_a_command_in_flight_is_not_closed(lab, module):
     """The PING goes unanswered past ping_timeout, but the client has sent a command behind it:
     Redis may only be slow, and closing would lose that command's reply. The filter counts
     keepalive.failed and keeps the connection; when Redis resumes, the client gets its reply."""
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=GUARD)
+    envoy = lab.envoy(redis, module=module, plugin_config=GUARD)
     with RawConnection(envoy.address) as c:
         assert c.command("PING").raw == b"+PONG\r\n"
         with redis.frozen():
@@ -122,11 +122,11 @@ def test_slow_redis_with_a_command_in_flight_is_not_closed(lab, wasm):
         assert stats["reconnect_signals"] == 0, stats
 
 
-def test_redis_down_is_not_a_reconnect_signal(lab, wasm):
+def test_redis_down_is_not_a_reconnect_signal(lab, module):
     """Envoy cannot connect to Redis and closes the client: that is a failed connect, not a
     dead idle link, and must not inflate reconnect_signals."""
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "30s"})
+    envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "30s"})
     redis.stop()
     with RawConnection(envoy.address) as c:
         c.send_command("PING")

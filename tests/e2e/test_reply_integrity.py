@@ -22,9 +22,9 @@ PAUSES = [0, 0.05, 0.15, 0.19, 0.2, 0.21, 0.23, 0.3, 0.45, 0.7, 1.0]
 
 
 @pytest.fixture
-def guarded(lab, wasm):
+def guarded(lab, module):
     redis = lab.redis(timeout=0)
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config=GUARD, concurrency=2)
+    envoy = lab.envoy(redis, module=module, plugin_config=GUARD, concurrency=2)
     return redis, envoy
 
 

@@ -1,4 +1,5 @@
-"""(f) The filter's stats under their documented names, in /stats and /stats/prometheus."""
+"""(f) The filter's stats under their documented names, in /stats and /stats/prometheus: the
+same names in both builds, behind Envoy's prefix for each (wasmcustom., dynamicmodulescustom.)."""
 
 from __future__ import annotations
 
@@ -15,9 +16,9 @@ def prom(name: str) -> str:
     return ("redis_idle_guard." + name).replace(".", "_")
 
 
-def test_stats_names_and_values(lab, wasm):
+def test_stats_names_and_values(lab, module):
     redis = lab.redis()
-    envoy = lab.envoy(redis, wasm=wasm, plugin_config={"keepalive_interval": "200ms"})
+    envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "200ms"})
     conns = [RawConnection(envoy.address) for _ in range(3)]
     try:
         for c in conns:
@@ -25,12 +26,16 @@ def test_stats_names_and_values(lab, wasm):
         envoy.wait_for_guard_stat("connections", lambda v: v == 3, 3)
         envoy.wait_for_guard_stat("keepalive.answered", lambda v: v >= 3, 3)
 
-        # /stats: wasmcustom.redis_idle_guard.<name>
+        # /stats: <namespace>.redis_idle_guard.<name>
         stats = envoy.stats(r"redis_idle_guard")
         for name in COUNTERS + GAUGES:
-            assert f"wasmcustom.redis_idle_guard.{name}" in stats, sorted(stats)
+            assert f"{module.stats_prefix}redis_idle_guard.{name}" in stats, sorted(stats)
 
-        # /stats/prometheus: <name> with dots → underscores, right types.
+        # /stats/prometheus: <name> with dots → underscores, right types (the native build's
+        # behind Envoy's prefix, which the documented relabel rule removes).
+        if module.native:
+            raw = envoy.prometheus_text(raw=True)
+            assert "\nenvoy_dynamicmodulescustom_redis_idle_guard_keepalive_sent{} " in raw, raw
         types = envoy.prometheus_types()
         for name in COUNTERS:
             assert types.get(prom(name)) == "counter", (name, types.get(prom(name)))
@@ -44,8 +49,9 @@ def test_stats_names_and_values(lab, wasm):
             lambda: (s := envoy.prometheus_samples()).get(prom("keepalive.idle_ms") + "_count", 0)
             >= 1 and s, 5, 0.2, "idle_ms histogram samples")
         assert samples[prom("connections")] == 3
-        # One VM per worker plus the main thread's; each at least one 64 KiB page.
-        assert samples[prom("vm_memory_bytes")] >= 65536
+        # Wasm: one VM per worker plus the main thread's, each at least one 64 KiB page;
+        # native: the module's heap (three sessions at least).
+        assert samples[prom("vm_memory_bytes")] >= (1000 if module.native else 65536)
         assert samples[prom("keepalive.sent")] >= 3
         assert any(k.startswith(prom("keepalive.idle_ms") + "_bucket") for k in samples)
         assert prom("keepalive.idle_ms") + "_sum" in samples

@@ -23,10 +23,10 @@ IDLE_S = 4.0         # how long subscribers / BLPOP wait before the event
 GUARD = {"keepalive_interval": "1s", "ping_timeout": "1s"}
 
 
-def _envoy(lab, with_filter, wasm_path=None):
+def _envoy(lab, with_filter, module=None):
     redis = lab.redis(timeout=0)
     if with_filter:
-        envoy = lab.envoy(redis, wasm=wasm_path, plugin_config=GUARD, idle_timeout=IDLE_TIMEOUT)
+        envoy = lab.envoy(redis, module=module, plugin_config=GUARD, idle_timeout=IDLE_TIMEOUT)
     else:
         envoy = lab.envoy(redis, idle_timeout=IDLE_TIMEOUT)
     return redis, envoy
@@ -143,8 +143,8 @@ def test_subscribers_without_filter_are_lost(lab):
     assert envoy.stats()["tcp.redis.idle_timeout"] >= 4
 
 
-def test_subscribers_with_filter_get_exactly_their_messages(lab, wasm):
-    redis, envoy = _envoy(lab, with_filter=True, wasm_path=wasm)
+def test_subscribers_with_filter_get_exactly_their_messages(lab, module):
+    redis, envoy = _envoy(lab, with_filter=True, module=module)
     results, receivers, idle_stats = asyncio.run(_pubsub_scenario(redis, envoy))
     print("receivers per publish:", receivers)
     print("filter stats after the idle spell:", idle_stats)
@@ -247,8 +247,8 @@ def test_blpop_without_filter_is_lost(lab):
     assert all(n == 1 for n in left.values()), left
 
 
-def test_blpop_with_filter_delivers_and_keeps_reply_order(lab, wasm):
-    redis, envoy = _envoy(lab, with_filter=True, wasm_path=wasm)
+def test_blpop_with_filter_delivers_and_keeps_reply_order(lab, module):
+    redis, envoy = _envoy(lab, with_filter=True, module=module)
     keys, py_results, raw_out, left, idle_stats = asyncio.run(_blpop_scenario(redis, envoy))
     print(py_results, raw_out, left)
     print("filter stats after the idle spell:", idle_stats)

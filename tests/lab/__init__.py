@@ -10,7 +10,8 @@ on the path from Envoy to Redis; matrix.py: the idle-death matrix built on them)
 
 from .procs import LabError, ManagedProcess, lab_dir, live_processes, stop_all
 from .redis_server import RedisServer, RedisStartError
-from .envoy_proxy import EnvoyProxy, EnvoyStartError, default_wasm_path
+from .envoy_proxy import EnvoyProxy, EnvoyStartError
+from .module import FilterModule, default_native_path, default_wasm_path
 from .resp import RespReader, RawConnection, encode_command
 from .clients import IncidentResult, RoundResult, make_async_client, run_incident
 
@@ -24,6 +25,8 @@ __all__ = [
     "RedisStartError",
     "EnvoyProxy",
     "EnvoyStartError",
+    "FilterModule",
+    "default_native_path",
     "default_wasm_path",
     "RespReader",
     "RawConnection",

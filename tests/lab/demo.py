@@ -2,7 +2,7 @@
 """redis-idle-guard demo: the same idle-connection incident through Envoy, without and with the
 filter, side by side.
 
-    .venv/bin/python tests/lab/demo.py --wasm target/wasm32-unknown-unknown/release/redis_idle_guard.wasm
+    .venv/bin/python tests/lab/demo.py --module target/wasm32-unknown-unknown/release/redis_idle_guard.wasm
 
 Starts a redis-server with `timeout 2` (it closes connections idle for more than 2 s), one
 Envoy with plain tcp_proxy and one with the filter in front of tcp_proxy (keepalive 1s), runs
@@ -49,14 +49,16 @@ def table(rows, headers) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wasm", required=True, type=Path, help="the built filter module")
+    ap.add_argument("--module", required=True, type=Path,
+                    help="the built filter: the .wasm or the native .so")
     ap.add_argument("--rounds", type=int, default=5, help="idle→command rounds (default 5)")
     ap.add_argument("--idle", type=float, default=3.0, help="idle seconds per round (default 3)")
     ap.add_argument("--protocol", type=int, choices=(2, 3), default=3)
     ap.add_argument("--keepalive", default="1s", help="filter keepalive_interval (default 1s)")
     args = ap.parse_args()
-    if not args.wasm.exists():
-        print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
+    if not args.module.exists():
+        print(f"error: {args.module} does not exist; run `make build` (or `make build-native`)"
+              " first", file=sys.stderr)
         return 2
     install_sigterm_handler()
     t_start = time.monotonic()
@@ -72,7 +74,7 @@ def main() -> int:
                 say(f"  plain Envoy listening on 127.0.0.1:{plain.listener_port}")
                 say(f"starting Envoy WITH redis-idle-guard {guard_config} (listener → filter → "
                     "tcp_proxy → redis)")
-                with EnvoyProxy(redis, wasm=args.wasm, plugin_config=guard_config,
+                with EnvoyProxy(redis, module=args.module, plugin_config=guard_config,
                                 name="demo-envoy-guard") as guard:
                     say(f"  guarded Envoy listening on 127.0.0.1:{guard.listener_port}")
                     say(f"running the client through both at once: redis.asyncio RESP"
@@ -136,7 +138,7 @@ def main() -> int:
         print("Without the filter the client reconnects on the command after each error, and the "
               "next idle spell kills that connection too.")
     print()
-    print("redis-idle-guard stats (admin /stats, wasmcustom.redis_idle_guard.*):")
+    print("redis-idle-guard stats (admin /stats, <namespace>.redis_idle_guard.*):")
     for name in sorted(stats):
         print(f"  {name:<24} {stats[name]}")
     print("as Prometheus sees them (/stats/prometheus):")

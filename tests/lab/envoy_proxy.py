@@ -1,4 +1,4 @@
-"""Envoy 1.40 in front of a lab Redis: listener [redis-idle-guard wasm filter?] + tcp_proxy.
+"""Envoy 1.40 in front of a lab Redis: listener [redis-idle-guard, either build?] + tcp_proxy.
 
 The bootstrap is generated (JSON) per instance, with the filter or without it, on ports chosen by
 Envoy itself (port 0; the lab reads them back from --admin-address-path and /listeners), with
@@ -17,12 +17,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from .module import FilterModule, as_module, default_wasm_path
 from .procs import (LOOPBACK, REPO_ROOT, LabError, ManagedProcess, is_lab_address,
                     next_instance_number, unique_workdir, wait_until)
 
 GUARD_PREFIX = "redis_idle_guard."
-WASMCUSTOM = "wasmcustom."
-DEFAULT_WASM = REPO_ROOT / "target" / "wasm32-unknown-unknown" / "release" / "redis_idle_guard.wasm"
 
 # Admin requests must never go through an HTTP proxy from the environment.
 _opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
@@ -35,10 +34,6 @@ class EnvoyStartError(LabError):
         super().__init__(message)
         self.log = log
         self.returncode = returncode
-
-
-def default_wasm_path() -> Path:
-    return Path(os.environ.get("REDIS_IDLE_GUARD_WASM", DEFAULT_WASM))
 
 
 def envoy_binary() -> str:
@@ -63,36 +58,6 @@ def _duration(seconds: Union[int, float, str]) -> str:
     return f"{seconds:g}s"
 
 
-def wasm_filter_config(wasm: Union[str, Path], plugin_config: Union[Mapping[str, Any], str, None],
-                       fail_open: bool = True) -> Dict[str, Any]:
-    """The envoy.filters.network.wasm filter entry for redis-idle-guard."""
-    if plugin_config is None:
-        value = ""
-    elif isinstance(plugin_config, str):
-        value = plugin_config  # raw, so tests can pass malformed JSON
-    else:
-        value = json.dumps(plugin_config)
-    return {
-        "name": "envoy.filters.network.wasm",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
-            "config": {
-                "name": "redis_idle_guard",
-                "root_id": "redis_idle_guard",
-                "fail_open": fail_open,
-                "configuration": {
-                    "@type": "type.googleapis.com/google.protobuf.StringValue",
-                    "value": value,
-                },
-                "vm_config": {
-                    "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(Path(wasm).resolve())}},
-                },
-            },
-        },
-    }
-
-
 def tcp_proxy_config(idle_timeout: Union[int, float, str, None]) -> Dict[str, Any]:
     cfg: Dict[str, Any] = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
@@ -113,7 +78,8 @@ UPSTREAM_CLUSTER_TAG = {"tag_name": "upstream_cluster",
 class EnvoyProxy:
     """One Envoy process: 127.0.0.1:<listener_port> → [filter] → tcp_proxy → Redis.
 
-    wasm=None runs plain tcp_proxy (the "before" picture). plugin_config is the filter's JSON
+    module=None runs plain tcp_proxy (the "before" picture); otherwise the filter's build (a
+    FilterModule, or the path of the .wasm or .so). plugin_config is the filter's JSON
     configuration (dict, or a raw string). idle_timeout is tcp_proxy's idle_timeout (seconds or
     an Envoy duration string; None keeps Envoy's default of 1 h). cluster_options are merged
     into the Redis cluster (e.g. {"upstream_connection_options": {"tcp_keepalive": {...}}}).
@@ -121,7 +87,7 @@ class EnvoyProxy:
     """
 
     def __init__(self, upstream: Union[Tuple[str, int], Any], *,
-                 wasm: Union[str, Path, None] = None,
+                 module: Union[FilterModule, str, Path, None] = None,
                  plugin_config: Union[Mapping[str, Any], str, None] = None,
                  idle_timeout: Union[int, float, str, None] = None,
                  concurrency: int = 1, name: Optional[str] = None,
@@ -132,11 +98,11 @@ class EnvoyProxy:
         if not is_lab_address(host):
             raise LabError(f"the lab only proxies to {LOOPBACK} or lab addresses, not {host}")
         self.upstream = (host, int(port))
-        self.wasm = Path(wasm) if wasm is not None else None
+        self.module = as_module(module)
         self.plugin_config = plugin_config
         self.idle_timeout = idle_timeout
         self.concurrency = concurrency
-        self.name = name or ("envoy-guard" if wasm is not None else "envoy-plain")
+        self.name = name or ("envoy-guard" if module is not None else "envoy-plain")
         self.log_level = log_level
         self.component_log_level = component_log_level
         self.fail_open = fail_open
@@ -151,12 +117,12 @@ class EnvoyProxy:
     # -- configuration ---------------------------------------------------------------------
     @property
     def with_filter(self) -> bool:
-        return self.wasm is not None
+        return self.module is not None
 
     def bootstrap(self) -> Dict[str, Any]:
         filters = []
-        if self.wasm is not None:
-            filters.append(wasm_filter_config(self.wasm, self.plugin_config, self.fail_open))
+        if self.module is not None:
+            filters.append(self.module.filter_config(self.plugin_config, self.fail_open))
         filters.append(tcp_proxy_config(self.idle_timeout))
         host, port = self.upstream
         cluster: Dict[str, Any] = {
@@ -170,7 +136,9 @@ class EnvoyProxy:
             },
         }
         cluster.update(self.cluster_options)
+        extensions = self.module.bootstrap_extensions() if self.module is not None else []
         return {
+            **({"bootstrap_extensions": extensions} if extensions else {}),
             "node": {"id": self.name, "cluster": "redis-idle-guard-lab"},
             "admin": {"address": {"socket_address": {"address": LOOPBACK, "port_value": 0}}},
             # Histograms reach /stats and /stats/prometheus only after a flush.
@@ -189,8 +157,9 @@ class EnvoyProxy:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self, ready_timeout: float = 20.0) -> "EnvoyProxy":
-        if self.wasm is not None and not self.wasm.exists():
-            raise EnvoyStartError(f"wasm module {self.wasm} does not exist: run `make build`")
+        if self.module is not None and not self.module.exists():
+            raise EnvoyStartError(f"filter module {self.module} does not exist: run `make build`"
+                                  " (or `make build-native`)")
         self.workdir = unique_workdir(self.name)
         cfg_path = self.workdir / "bootstrap.json"
         cfg_path.write_text(json.dumps(self.bootstrap(), indent=2))
@@ -316,9 +285,26 @@ class EnvoyProxy:
 
     def guard_stats(self) -> Dict[str, Union[int, float]]:
         """The filter's own stats, keyed by the documented name (e.g. 'keepalive.sent')."""
-        prefix = WASMCUSTOM + GUARD_PREFIX
-        return {k[len(prefix):]: v for k, v in self.stats(r"^wasmcustom\.").items()
+        namespace = self.module.stats_prefix if self.module is not None else "wasmcustom."
+        prefix = namespace + GUARD_PREFIX
+        return {k[len(prefix):]: v for k, v in self.stats("^" + re.escape(namespace)).items()
                 if k.startswith(prefix)}
+
+    def upstream_stats(self, cluster: str = "redis") -> Dict[str, Union[int, float]]:
+        """One upstream's counters and gauges, keyed by their documented suffix (e.g.
+        'idle_deaths'). The Wasm build's names carry the cluster as an Istio-style tag, the
+        native build's as a label (in /stats: '<name>.upstream_cluster.<cluster>')."""
+        c = re.escape(cluster)
+        if self.module is not None and self.module.native:
+            pattern = r"dynamicmodulescustom\.redis_idle_guard\.upstream\.(.+)\.upstream_cluster\." + c
+        else:
+            pattern = r"wasmcustom\.redis_idle_guard\.upstream\.upstream_cluster=\.=" + c + r";\.;(.+)"
+        out = {}
+        for name, value in self.stats(r"redis_idle_guard\.upstream\.").items():
+            m = re.fullmatch(pattern, name)
+            if m:
+                out[m.group(1)] = value
+        return out
 
     def guard_stat(self, short_name: str, default: Optional[int] = None):
         return self.guard_stats().get(short_name, default)
@@ -330,8 +316,13 @@ class EnvoyProxy:
             return (v,) if v is not None and predicate(v) else None
         return wait_until(check, timeout, 0.05, f"{self.name} stat {short_name}")[0]
 
-    def prometheus_text(self) -> str:
-        return self.admin("/stats/prometheus")
+    def prometheus_text(self, raw: bool = False) -> str:
+        """/stats/prometheus; unless raw, the native build's series under the Wasm build's
+        names (as the documented relabel rule stores them)."""
+        text = self.admin("/stats/prometheus")
+        if raw or self.module is None:
+            return text
+        return self.module.normalize_prometheus(text)
 
     def prometheus_types(self) -> Dict[str, str]:
         """Metric family → type, from the '# TYPE' lines of /stats/prometheus."""

@@ -2,7 +2,7 @@
 """keepalive_interval "auto" under a NAT cutoff the filter is never told: the learning run of
 `make demo` and of tests/e2e/test_learning.py.
 
-    .venv/bin/python tests/lab/learning.py --wasm target/wasm32-unknown-unknown/release/redis_idle_guard.wasm
+    .venv/bin/python tests/lab/learning.py --module target/wasm32-unknown-unknown/release/redis_idle_guard.wasm
 
 Builds the fault lab's NAT (a router namespace whose conntrack forgets flows idle for 3 s and
 drops what comes after), starts Envoy with the filter (two workers) and plain Envoy, then:
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 import time
 from dataclasses import dataclass, field
@@ -43,7 +42,6 @@ AFTER_S = 12.0
 REUSE_IDLE_S = CUTOFF_S + 2.0
 SET = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$1\r\nv\r\n"
 GET = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n"
-UPSTREAM = "redis_idle_guard.upstream.upstream_cluster=.=redis;.;"
 
 
 @dataclass
@@ -124,8 +122,7 @@ def run(guard: EnvoyProxy, plain: EnvoyProxy,
 
     say(f"  1. one pooled connection idles {LEARN_S:.0f} s through the filter")
     asyncio.run(idle_pool(1, LEARN_S, result.deaths))
-    stats = guard.stats(re.escape("wasmcustom." + UPSTREAM))
-    result.learned = {k.split(";.;")[-1]: v for k, v in stats.items()}
+    result.learned = guard.upstream_stats("redis")
     say(f"     learned: idle cutoff ≤ {result.learned.get('idle_cutoff_ms')} ms, keepalive every "
         f"{result.learned.get('keepalive_interval_ms')} ms")
 
@@ -154,10 +151,12 @@ def run(guard: EnvoyProxy, plain: EnvoyProxy,
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wasm", required=True, type=Path, help="the built filter module")
+    ap.add_argument("--module", required=True, type=Path,
+                    help="the built filter: the .wasm or the native .so")
     args = ap.parse_args()
-    if not args.wasm.exists():
-        print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
+    if not args.module.exists():
+        print(f"error: {args.module} does not exist; run `make build` (or `make build-native`)"
+              " first", file=sys.stderr)
         return 2
     install_sigterm_handler()
 
@@ -167,7 +166,7 @@ def main() -> int:
     say(f"learning an idle cutoff: a NAT that forgets flows idle {CUTOFF_S} s and drops what "
         f"follows; the filter is told only {AUTO}")
     with NatTimeout("drop", cutoff_s=CUTOFF_S) as fault:
-        with EnvoyProxy(fault.address, wasm=args.wasm, plugin_config=AUTO, concurrency=2,
+        with EnvoyProxy(fault.address, module=args.module, plugin_config=AUTO, concurrency=2,
                         name="learning-envoy-guard") as guard, \
                 EnvoyProxy(fault.address, name="learning-envoy-plain") as plain:
             r = run(guard, plain, say)

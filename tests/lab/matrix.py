@@ -2,8 +2,8 @@
 """The idle-death matrix: which idle-connection faults reach the application, through which
 Envoy chain, for which client.
 
-    .venv/bin/python tests/lab/matrix.py --short --wasm $WASM   # what `make demo` runs (~1 min)
-    .venv/bin/python tests/lab/matrix.py --wasm $WASM           # the full matrix (~2.5 min)
+    .venv/bin/python tests/lab/matrix.py --short --module $WASM   # what `make demo` runs (~1 min)
+    .venv/bin/python tests/lab/matrix.py --module $WASM           # the full matrix (~2.5 min)
 
 Faults (tests/lab/faults.py): (a) NAT forgets idle flows, silent drop; (b) same, TCP reset;
 (c) Redis `timeout`; (d) Redis restarted while idle; (e) black hole from mid-idle; (f) slow
@@ -58,7 +58,8 @@ from redis.retry import Retry  # noqa: E402
 
 from lab.clients import make_async_client  # noqa: E402
 from lab.demo import table  # noqa: E402
-from lab.envoy_proxy import EnvoyProxy, default_wasm_path  # noqa: E402
+from lab.envoy_proxy import EnvoyProxy  # noqa: E402
+from lab.module import default_wasm_path  # noqa: E402
 from lab.faults import (Fault, NatTimeout, SlowRedis, make_fault,  # noqa: E402
                         sysctls_are_per_netns)
 from lab.procs import (REPO_ROOT, LabError, ManagedProcess, install_sigterm_handler,  # noqa: E402
@@ -102,7 +103,7 @@ def _chains() -> List[Chain]:
         Chain("idle_timeout", "tcp_proxy idle_timeout", lambda s, w: {
             "idle_timeout": s.tcp_idle_timeout}),
         Chain("guard", "tcp_proxy + redis-idle-guard", lambda s, w: {
-            "wasm": w, "plugin_config": {"keepalive_interval": s.keepalive,
+            "module": w, "plugin_config": {"keepalive_interval": s.keepalive,
                                          "ping_timeout": s.ping_timeout}}),
     ]
 
@@ -424,7 +425,7 @@ async def run_round(fault: Fault, envoys: Dict[str, EnvoyProxy], clients: Sequen
         run.notes.append(f"round {rnd}: Redis stalled {fault.stalls} times so far")
 
 
-def run_fault(fault: Fault, clients: Sequence[ClientSpec], s: Settings, wasm: Path) -> FaultRun:
+def run_fault(fault: Fault, clients: Sequence[ClientSpec], s: Settings, module: Path) -> FaultRun:
     t0 = time.monotonic()
     run = FaultRun(fault, {(c.key, cl.key): Cell(fault.key, c.key, cl.key)
                            for c in CHAINS for cl in clients})
@@ -434,7 +435,7 @@ def run_fault(fault: Fault, clients: Sequence[ClientSpec], s: Settings, wasm: Pa
         try:
             for c in CHAINS:
                 envoys[c.key] = EnvoyProxy(fault.address, name=f"m{fault.key}-{c.key}",
-                                           **c.envoy_kwargs(s, wasm)).start()
+                                           **c.envoy_kwargs(s, module)).start()
             for rnd in range(1, s.rounds + 1):
                 say(f"  ({fault.key}) round {rnd}/{s.rounds}: {len(CHAINS)} chains × "
                     f"{len(clients)} clients, idle {s.idle_s:g}s")
@@ -506,7 +507,7 @@ def node_close_times(run: FaultRun, chain: str, spec: ClientSpec) -> List[float]
 
 
 def render(runs: List[FaultRun], clients: Sequence[ClientSpec], s: Settings, mode: str,
-           wasm: Path, seconds: float) -> Tuple[str, str, List[List[Any]], bool, bool]:
+           module: Path, seconds: float) -> Tuple[str, str, List[List[Any]], bool, bool]:
     """(text for stdout, markdown, csv rows, every claim holds, no harness error)."""
     text, md = io.StringIO(), io.StringIO()
     heads = ["client"] + [chain_title(c, s) for c in CHAINS]
@@ -514,7 +515,7 @@ def render(runs: List[FaultRun], clients: Sequence[ClientSpec], s: Settings, mod
     harness_ok = True
     settings_line = (f"mode {mode}; {s.rounds} round(s) per cell; idle {s.idle_s:g}s; cutoffs "
                      f"{s.cutoff_s}s; client timeouts {s.command_timeout_s:g}s; retries off; "
-                     f"wasm {wasm}")
+                     f"module {module}")
     text.write(f"Idle-death matrix ({settings_line})\n")
     text.write("cell = errors/rounds on the first command after the idle spell, error kinds, "
                "p50 latency of that command (to its reply or its error)\n")
@@ -655,7 +656,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--short", action="store_true",
                     help="one round, the four main clients (what `make demo` runs)")
-    ap.add_argument("--wasm", type=Path, default=None, help="the built filter module")
+    ap.add_argument("--module", type=Path, default=None,
+                    help="the built filter: the .wasm (default) or the native .so")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per cell (short 1, full 3)")
     ap.add_argument("--faults", default=FAULT_KEYS, help="which faults, e.g. 'ace' (default all)")
     ap.add_argument("--idle", type=float, default=4.0, help="idle spell in seconds (default 4)")
@@ -664,9 +666,10 @@ def main() -> int:
                     help="exit 1 if a claim for the filter column fails (default: report only; "
                          "a harness error always exits 1)")
     args = ap.parse_args()
-    wasm = args.wasm or default_wasm_path()
-    if not wasm.exists():
-        print(f"error: {wasm} does not exist; run `make build` first", file=sys.stderr)
+    module = args.module or default_wasm_path()
+    if not module.exists():
+        print(f"error: {module} does not exist; run `make build` (or `make build-native`) first",
+              file=sys.stderr)
         return 2
     if os.geteuid() != 0:
         print("error: the fault lab needs root (network namespaces, iptables)", file=sys.stderr)
@@ -687,7 +690,7 @@ def main() -> int:
                 say(f"  {fact}")
         for fault in faults:
             say(f"fault ({fault.key}) {fault.describe()}")
-            runs.append(run_fault(fault, clients, s, wasm))
+            runs.append(run_fault(fault, clients, s, module))
     except KeyboardInterrupt:
         print()
         say("interrupted: stopping everything the matrix started")
@@ -700,7 +703,7 @@ def main() -> int:
             print("\n".join(log.splitlines()[-20:]))
         return 1
     seconds = time.monotonic() - t_start
-    text, md, rows, ok_all, harness_ok = render(runs, clients, s, mode, wasm, seconds)
+    text, md, rows, ok_all, harness_ok = render(runs, clients, s, mode, module, seconds)
     print()
     print(text)
     out_dir.mkdir(parents=True, exist_ok=True)

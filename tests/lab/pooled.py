@@ -10,7 +10,7 @@ filter cannot be a cluster (upstream) filter, so each pooled connection is route
 Envoy internal listener, whose filter chain is the filter + tcp_proxy: the filter then sees
 every pooled leg exactly as it sees a client connection in the transparent setup.
 
-PooledEnvoy(upstream, wasm=None) is the same chain without the filter (redis_proxy → internal
+PooledEnvoy(upstream, module=None) is the same chain without the filter (redis_proxy → internal
 listener → tcp_proxy → Redis); internal_leg=False is redis_proxy alone, straight to Redis (what
 teams run today). envoy/pooled.yaml is the copy-ready version of the same bootstrap.
 """
@@ -28,7 +28,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import yaml
 
-from .envoy_proxy import EnvoyProxy, tcp_proxy_config, wasm_filter_config
+from .envoy_proxy import EnvoyProxy, tcp_proxy_config
+from .module import FilterModule
 from .procs import LOOPBACK, REPO_ROOT, LabError, ManagedProcess, unique_workdir
 
 SHIPPED_POOLED_YAML = REPO_ROOT / "envoy" / "pooled.yaml"
@@ -79,8 +80,8 @@ class PooledEnvoy(EnvoyProxy):
     """One Envoy process: 127.0.0.1:<listener_port> → redis_proxy → [internal listener: filter? +
     tcp_proxy] → Redis.
 
-    wasm=None: no filter on the internal leg (the legs still go through the internal listener);
-    internal_leg=False: redis_proxy straight to the Redis cluster (wasm must then be None).
+    module=None: no filter on the internal leg (the legs still go through the internal listener);
+    internal_leg=False: redis_proxy straight to the Redis cluster (module must then be None).
     op_timeout and redis_proxy_settings go to redis_proxy's `settings`; idle_timeout is the
     internal leg's tcp_proxy idle_timeout; cluster_options are merged into the Redis cluster.
     Every other argument is EnvoyProxy's.
@@ -90,10 +91,10 @@ class PooledEnvoy(EnvoyProxy):
                  op_timeout: Union[int, float, str] = "5s",
                  redis_proxy_settings: Optional[Mapping[str, Any]] = None,
                  internal_upstream: bool = True, **kwargs):
-        if not internal_leg and kwargs.get("wasm") is not None:
+        if not internal_leg and kwargs.get("module") is not None:
             raise LabError("the filter needs the internal leg (it cannot be a cluster filter)")
         if "name" not in kwargs or kwargs["name"] is None:
-            kwargs["name"] = ("pooled-guard" if kwargs.get("wasm") is not None
+            kwargs["name"] = ("pooled-guard" if kwargs.get("module") is not None
                               else "pooled-leg" if internal_leg else "redis-proxy")
         super().__init__(upstream, **kwargs)
         self.internal_leg = internal_leg
@@ -103,13 +104,16 @@ class PooledEnvoy(EnvoyProxy):
         self._fixed_bootstrap: Optional[Dict[str, Any]] = None
 
     @classmethod
-    def from_shipped_yaml(cls, upstream, *, wasm: Union[str, Path],
+    def from_shipped_yaml(cls, upstream, *, module: FilterModule,
                           plugin_config: Union[Mapping[str, Any], str, None] = None,
                           path: Union[str, Path] = SHIPPED_POOLED_YAML,
                           **kwargs) -> "PooledEnvoy":
         """envoy/pooled.yaml as shipped, with only what a lab run must change: its ports (0,
         read back as usual), the Redis address (the lab's), the module path (absolute) and,
-        if given, the plugin configuration (e.g. a 1 s keepalive so a test sees one)."""
+        if given, the plugin configuration (e.g. a 1 s keepalive so a test sees one). The
+        shipped file runs the Wasm build."""
+        if module.native:
+            raise LabError("envoy/pooled.yaml runs the Wasm build")
         cfg = yaml.safe_load(Path(path).read_text())
         host, port = upstream if isinstance(upstream, tuple) else upstream.address
         cfg["admin"]["address"]["socket_address"].update(address=LOOPBACK, port_value=0)
@@ -124,7 +128,7 @@ class PooledEnvoy(EnvoyProxy):
                 for f in chain.get("filters", []):
                     if f["name"] == "envoy.filters.network.wasm":
                         c = f["typed_config"]["config"]
-                        c["vm_config"]["code"]["local"]["filename"] = str(Path(wasm).resolve())
+                        c["vm_config"]["code"]["local"]["filename"] = str(module.path.resolve())
                         if plugin_config is not None:
                             c["configuration"]["value"] = (plugin_config if isinstance(
                                 plugin_config, str) else json.dumps(plugin_config))
@@ -140,7 +144,7 @@ class PooledEnvoy(EnvoyProxy):
             raise LabError(f"{path}: expected one socket listener, one Redis endpoint and one "
                            f"wasm filter, found {found}")
         kwargs.setdefault("name", "pooled-shipped")
-        env = cls(upstream, wasm=wasm, plugin_config=plugin_config, **kwargs)
+        env = cls(upstream, module=module, plugin_config=plugin_config, **kwargs)
         env._fixed_bootstrap = cfg
         return env
 
@@ -157,8 +161,8 @@ class PooledEnvoy(EnvoyProxy):
         if not self.internal_leg:
             return cfg
         filters = []
-        if self.wasm is not None:
-            filters.append(wasm_filter_config(self.wasm, self.plugin_config, self.fail_open))
+        if self.module is not None:
+            filters.append(self.module.filter_config(self.plugin_config, self.fail_open))
         filters.append(tcp_proxy_config(self.idle_timeout))
         res["listeners"].append({
             "name": LEG_LISTENER,

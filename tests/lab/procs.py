@@ -22,7 +22,7 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LOOPBACK = "127.0.0.1"
@@ -140,11 +140,14 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 class ManagedProcess:
     """A child process whose stdout+stderr go to a log file and which is always stopped."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Optional[Path] = None):
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, cwd: Optional[Path] = None,
+                 env: Optional[Mapping[str, str]] = None):
         self.name = name
         self.argv = list(argv)
         self.log_path = Path(log_path)
         self.cwd = cwd
+        # Added to this process's environment for the child.
+        self.env = dict(env or {})
         self.popen: Optional[subprocess.Popen] = None
         self.frozen = False
 
@@ -157,6 +160,7 @@ class ManagedProcess:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 cwd=self.cwd,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,
                 preexec_fn=_die_with_parent,
             )
