@@ -5,9 +5,11 @@ SHELL := /bin/bash
 WASM_TARGET := wasm32-unknown-unknown
 WASM := target/$(WASM_TARGET)/release/redis_idle_guard.wasm
 NATIVE := target/release/libredis_idle_guard.so
-# The native module unwinds on a panic so that each entry point can catch it (src/native/exports.rs);
-# the .wasm aborts (a trap), as proxy-wasm expects.
-NATIVE_FLAGS := --release --lib --features native --config 'profile.release.panic="unwind"'
+# The native module unwinds on a panic so that each entry point can catch it (src/native/exports.rs;
+# the .wasm aborts, a trap, as proxy-wasm expects), and is stripped (about 600 KB: it fits a
+# ConfigMap, see envoy/istio/native/).
+NATIVE_FLAGS := --release --lib --features native --config 'profile.release.panic="unwind"' \
+  --config 'profile.release.strip="symbols"'
 VENV := .venv
 PY := $(VENV)/bin/python
 APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
@@ -71,16 +73,20 @@ test-e2e: setup build build-native
 	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, a no-op Wasm filter
-# (the floor of any Wasm filter), the filter (defaults;
-# keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request; latency
-# at a fixed rate; wasm instructions per request (wasmtime fuel); a calibration of what a wasm
-# instruction and a host call cost in Envoy's V8 (the no-op filter spinning or calling the clock);
-# then 10,000 idle connections through one Envoy worker. Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
+# and a no-op native one (the floors), both builds of the filter (defaults; the Wasm build also
+# with keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request;
+# latency at a fixed rate; wasm instructions per request (wasmtime fuel); a calibration of what a
+# wasm instruction and a host call cost in Envoy's V8; then 10,000 idle connections through one
+# Envoy worker (both builds at 1 s, the native one at its 30 s default, with its timer thread's
+# CPU). Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
 NOOP_WASM := target/noop/$(WASM_TARGET)/release/noop_filter.wasm
-bench: setup-rust setup-apt setup-py build
+NOOP_NATIVE := target/noop-native/release/libnoop_native.so
+bench: setup-rust setup-apt setup-py build build-native
 	cargo build --manifest-path tests/bench/noop_filter/Cargo.toml --target $(WASM_TARGET) --release --target-dir target/noop
-	$(PY) tests/bench/bench.py --wasm $(WASM) --noop-wasm $(NOOP_WASM) $(BENCH_ARGS)
-	$(PY) tests/bench/scale.py --wasm $(WASM) $(BENCH_ARGS)
+	cargo build --manifest-path tests/bench/noop_native/Cargo.toml --release --target-dir target/noop-native
+	$(PY) tests/bench/bench.py --wasm $(WASM) --native $(NATIVE) --noop-wasm $(NOOP_WASM) --noop-native $(NOOP_NATIVE) $(BENCH_ARGS)
+	$(PY) tests/bench/scale.py --wasm $(WASM) --native $(NATIVE) $(BENCH_ARGS)
+	$(PY) tests/bench/scale.py --native $(NATIVE) --builds native --keepalive 30s $(BENCH_ARGS)
 
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.
 FUZZ_ENV := REDIS_IDLE_GUARD_SKIP_WASM=1 RUSTC_BOOTSTRAP=1

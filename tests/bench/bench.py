@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """redis-idle-guard benchmark: what the filter costs on the data path.
 
-    .venv/bin/python tests/bench/bench.py [--quick] [--rounds 5] [--wasm PATH]
+    .venv/bin/python tests/bench/bench.py [--quick] [--rounds 5] [--wasm PATH] [--native PATH]
 
 Configurations, all to the same redis-server on 127.0.0.1, each Envoy with one worker
 (`--concurrency 1`), nothing pinned:
@@ -13,8 +13,12 @@ Configurations, all to the same redis-server on 127.0.0.1, each Envoy with one w
   G  the same no-op filter, but pausing every client read and continuing it at once (what
      redis-idle-guard does to keep Envoy's read buffer for a PING from the timer, and nothing
      else): "G vs F" is the price of that technique
-  C  Envoy, redis-idle-guard (default configuration) + tcp_proxy
-  D  Envoy, redis-idle-guard with keepalive_interval 100ms, probe_after 100ms + tcp_proxy
+  C  Envoy, redis-idle-guard, Wasm build (default configuration) + tcp_proxy
+  O  Envoy, a no-op native filter (tests/bench/noop_native: takes every buffer's slices and
+     looks at every byte, nothing else) + tcp_proxy: the floor of any native filter that must
+     see the bytes, so "N vs O" is what redis-idle-guard itself adds
+  N  Envoy, redis-idle-guard, native build (default configuration) + tcp_proxy
+  D  Envoy, redis-idle-guard (Wasm) with keepalive_interval 100ms, probe_after 100ms + tcp_proxy
   E  Envoy redis_proxy (answers PING itself, RESP2 only, one pooled upstream connection)
 
 Then a calibration (skip it with --no-calibrate), GET P1 16 B only, interleaved rounds of B F G C
@@ -56,7 +60,8 @@ import common  # noqa: F401  (sets sys.path for the lab)
 from common import (BENCH_DIR, REPO_ROOT, RedisProxyEnvoy, cpu_seconds, fmt, fmt_range,
                     loadavg, machine_facts, md_table, median, percentile, say, sha256_short,
                     spread, text_table)
-from lab import EnvoyProxy, LabError, RedisServer, default_wasm_path
+from lab import (EnvoyProxy, FilterModule, LabError, RedisServer, default_native_path,
+                 default_wasm_path)
 from lab.procs import ManagedProcess, install_sigterm_handler, stop_all, unique_workdir
 
 REDIS_BENCHMARK = "/usr/bin/redis-benchmark"
@@ -68,10 +73,13 @@ CONFIGS = {
     "B": "Envoy tcp_proxy",
     "F": "Envoy + no-op Wasm filter (the floor)",
     "G": "Envoy + no-op Wasm filter that pauses+continues each read",
-    "C": "Envoy + guard (defaults)",
-    "D": "Envoy + guard (keepalive 100ms, probe 100ms)",
+    "C": "Envoy + guard, Wasm (defaults)",
+    "O": "Envoy + no-op native filter that reads every byte (the floor)",
+    "N": "Envoy + guard, native (defaults)",
+    "D": "Envoy + guard, Wasm (keepalive 100ms, probe 100ms)",
     "E": "Envoy redis_proxy",
 }
+ALL_CONFIGS = "ABFGCONDE"
 # Calibration variants of the no-op filter (tests/bench/noop_filter).
 SPIN_ROUNDS = 4000
 CLOCK_CALLS = 50
@@ -496,7 +504,7 @@ def guard_snapshot(targets: Dict[str, Target]) -> Dict[str, Dict[str, float]]:
     """The filter's counters (not its gauges) on each Envoy that runs it."""
     out = {}
     for k, t in targets.items():
-        if t.envoy is not None and t.envoy.with_filter and k not in "FG":
+        if t.envoy is not None and t.envoy.with_filter and k not in "FGOSKR":
             out[k] = {n: v for n, v in t.envoy.guard_stats().items() if n not in GAUGES}
     return out
 
@@ -506,7 +514,7 @@ def calibrate(targets: Dict[str, Target], redis: RedisServer, args, rounds: int,
     """Interleaved rounds of B F G S K R C on GET P1 16 B (S, K and R started here)."""
     extra = {"S": f"spin={SPIN_ROUNDS}", "K": f"clock={CLOCK_CALLS}", "R": f"read={BUFFER_READS}"}
     for k, config in extra.items():
-        envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm, plugin_config=config,
+        envoy = EnvoyProxy(redis.address, module=args.noop_wasm, plugin_config=config,
                            name=f"envoy-{k}-noop-{config.split('=')[0]}")
         envoy.start()
         targets[k] = Target(k, envoy.listener_port, envoy)
@@ -599,17 +607,22 @@ def calibration_table(runs: List[Run], instr_rows: List[dict]) -> Tuple[List[lis
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--wasm", type=Path, default=default_wasm_path(), help="the built filter")
+    ap.add_argument("--wasm", type=Path, default=default_wasm_path(), help="the Wasm build")
+    ap.add_argument("--native", type=Path, default=default_native_path(), help="the native build")
     ap.add_argument("--rounds", type=int, default=None, help="rounds per configuration "
                     "(default 5; 1 with --quick)")
     ap.add_argument("--quick", action="store_true",
                     help="smoke test: 1 round, 1/20 of the requests, short latency runs")
-    ap.add_argument("--configs", default="ABFGCDE", help="subset of A B F G C D E (default all)")
+    ap.add_argument("--configs", default=ALL_CONFIGS,
+                    help=f"subset of {' '.join(ALL_CONFIGS)} (default all)")
     ap.add_argument("--only", default="", help="only workloads whose name contains this "
                     "(e.g. '16B', 'P1 ')")
     ap.add_argument("--noop-wasm", type=Path,
                     default=REPO_ROOT / "target/noop/wasm32-unknown-unknown/release/noop_filter.wasm",
                     help="the no-op filter for F (make bench builds it)")
+    ap.add_argument("--noop-native", type=Path,
+                    default=REPO_ROOT / "target/noop-native/release/libnoop_native.so",
+                    help="the no-op native filter for O (make bench builds it)")
     ap.add_argument("--latency-rate", type=float, default=1000.0, help="req/s (default 1000)")
     ap.add_argument("--latency-requests", type=int, default=None,
                     help="per configuration and round (default 3000; 300 with --quick)")
@@ -630,13 +643,21 @@ def main() -> int:
     scale = 0.05 if args.quick else 1.0
     lat_requests = args.latency_requests or (300 if args.quick else 3000)
     run_timeout = args.run_timeout or (30.0 if args.quick else 90.0)
-    keys = [k for k in "ABFGCDE" if k in args.configs.upper()]
+    keys = [k for k in ALL_CONFIGS if k in args.configs.upper()]
     if "B" not in keys and not args.instructions_only:
         keys.insert(1 if "A" in keys else 0, "B")  # every ratio is against B
     wl = [w for w in workloads(scale) if args.only in w.name]
     needs_wasm = any(k in keys for k in "CD") and not args.instructions_only
     if needs_wasm and not args.wasm.exists():
         print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
+        return 2
+    needs_native = "N" in keys and not args.instructions_only
+    if needs_native and not args.native.exists():
+        print(f"error: {args.native} does not exist; run `make build-native` first",
+              file=sys.stderr)
+        return 2
+    if "O" in keys and not args.instructions_only and not args.noop_native.exists():
+        print(f"error: {args.noop_native} does not exist; `make bench` builds it", file=sys.stderr)
         return 2
     if ("F" in keys or "G" in keys) and not args.instructions_only and not args.noop_wasm.exists():
         print(f"error: {args.noop_wasm} does not exist; `make bench` builds it", file=sys.stderr)
@@ -647,6 +668,8 @@ def main() -> int:
         return 2
 
     header = machine_facts(args.wasm if needs_wasm else None)
+    if needs_native:
+        header["native module"] = f"{args.native} sha256 {sha256_short(args.native)}"
     header["redis-benchmark"] = subprocess.run([REDIS_BENCHMARK, "--version"], capture_output=True,
                                                text=True).stdout.strip() if not args.instructions_only else "-"
     header["load average before"] = loadavg()
@@ -708,17 +731,24 @@ def main() -> int:
             if k == "B":
                 envoy = EnvoyProxy(redis.address, name="envoy-B-tcp-proxy")
             elif k == "F":
-                envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm, plugin_config=None,
+                envoy = EnvoyProxy(redis.address, module=args.noop_wasm, plugin_config=None,
                                    name="envoy-F-noop-wasm")
             elif k == "G":
                 # Any configuration switches the no-op filter to pause+continue.
-                envoy = EnvoyProxy(redis.address, wasm=args.noop_wasm,
+                envoy = EnvoyProxy(redis.address, module=args.noop_wasm,
                                    plugin_config="pause", name="envoy-G-noop-pause")
             elif k == "C":
-                envoy = EnvoyProxy(redis.address, wasm=args.wasm, plugin_config=None,
+                envoy = EnvoyProxy(redis.address, module=args.wasm, plugin_config=None,
                                    name="envoy-C-guard")
+            elif k == "O":
+                envoy = EnvoyProxy(redis.address,
+                                   module=FilterModule(args.noop_native, bootstrap=False),
+                                   plugin_config=None, name="envoy-O-noop-native")
+            elif k == "N":
+                envoy = EnvoyProxy(redis.address, module=args.native, plugin_config=None,
+                                   name="envoy-N-guard-native")
             elif k == "D":
-                envoy = EnvoyProxy(redis.address, wasm=args.wasm, plugin_config=FREQUENT,
+                envoy = EnvoyProxy(redis.address, module=args.wasm, plugin_config=FREQUENT,
                                    name="envoy-D-guard-frequent")
             else:
                 envoy = RedisProxyEnvoy(redis.address, name="envoy-E-redis-proxy")

@@ -129,7 +129,7 @@ class RedisProxyEnvoy(EnvoyProxy):
 
     def __init__(self, upstream, **kwargs):
         kwargs.setdefault("name", "envoy-redis-proxy")
-        super().__init__(upstream, wasm=None, **kwargs)
+        super().__init__(upstream, module=None, **kwargs)
 
     def bootstrap(self) -> Dict[str, Any]:
         cfg = super().bootstrap()

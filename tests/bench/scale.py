@@ -2,16 +2,18 @@
 """redis-idle-guard at scale: many idle connections through one Envoy worker, kept alive.
 
     .venv/bin/python tests/bench/scale.py [--connections 10000] [--hold 30] [--keepalive 1s]
+                                          [--builds wasm,native]
 
-For each configuration (bare tcp_proxy, then tcp_proxy behind the filter with a compressed
-keepalive_interval; --rounds repeats the pair), with one Envoy worker (`--concurrency 1`):
+For each configuration (bare tcp_proxy, then tcp_proxy behind each build of the filter with the
+given keepalive_interval; --rounds repeats them), with one Envoy worker (`--concurrency 1`):
 open the connections (plain sockets, in batches), send one `GET` on each and read its reply (a
 connection that never sent a byte cannot be pinged), let them idle, and measure over --hold
 seconds: Envoy's CPU (% of one core, utime+stime from /proc/<pid>/stat), Redis's CPU, the PINGs
 the filter sent per second (`redis_idle_guard.keepalive.sent` at /stats), Envoy's RSS and
 tcmalloc-allocated memory per connection (after − before opening them), the module's linear
-memory (`redis_idle_guard.vm_memory_bytes`, if the module defines it). At the end every client
-socket is checked: no stray byte (a PONG that leaked) and no close.
+memory (`redis_idle_guard.vm_memory_bytes`: the Wasm VMs' linear memory, the native module's
+heap), and for the native build the CPU of its timer thread alone (/proc/<pid>/task). At the end
+every client socket is checked: no stray byte (a PONG that leaked) and no close.
 
 RLIMIT_NOFILE is raised in this process (root) and inherited by Envoy and Redis; Redis runs with
 `maxclients 20000`. Results go to stdout and to .lab/bench/scale-<date>.{md,csv}.
@@ -34,7 +36,7 @@ from typing import Dict, List, Optional
 import common  # noqa: F401  (sets sys.path for the lab)
 from common import (BENCH_DIR, REPO_ROOT, cpu_seconds, fmt, loadavg, machine_facts, md_table,
                     rss_bytes, say, text_table)
-from lab import EnvoyProxy, LabError, RedisServer, default_wasm_path
+from lab import EnvoyProxy, LabError, RedisServer, default_native_path, default_wasm_path
 from lab.procs import install_sigterm_handler, stop_all
 
 GET = b"*2\r\n$3\r\nGET\r\n$13\r\nbench:scale:k\r\n"
@@ -115,6 +117,26 @@ def envoy_memory(envoy: EnvoyProxy) -> Dict[str, Optional[int]]:
             "heap": stats.get("server.memory_heap_size")}
 
 
+TIMER_THREAD = "redis-idle-guar"  # the native build's timer thread (comm is cut at 15 bytes)
+
+
+def thread_cpu_seconds(pid: int, comm: str) -> Optional[float]:
+    """utime + stime of the threads of `pid` named `comm`; None if there is none."""
+    total, found = 0.0, False
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if f.read().strip() != comm:
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        found = True
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total if found else None
+
+
 @dataclass
 class Phase:
     round: int
@@ -136,6 +158,7 @@ class Phase:
     sockets: Dict[str, int]
     other_stats: Dict[str, int]
     envoy_fds: int
+    timer_cpu_pct: Optional[float] = None
 
     @property
     def rss_per_conn(self) -> float:
@@ -148,13 +171,13 @@ class Phase:
         return (self.alloc_after - self.alloc_before) / self.connections
 
 
-def run_phase(rnd: int, config: str, redis: RedisServer, wasm: Path, n: int, hold: float,
-              plugin_config: Dict[str, str]) -> Phase:
-    if config == "bare":
+def run_phase(rnd: int, config: str, redis: RedisServer, module: Optional[Path], n: int,
+              hold: float, plugin_config: Dict[str, str]) -> Phase:
+    if module is None:
         envoy = EnvoyProxy(redis.address, name="envoy-scale-bare", cluster_options=CLUSTER)
     else:
-        envoy = EnvoyProxy(redis.address, wasm=wasm, plugin_config=plugin_config,
-                           name="envoy-scale-guard", cluster_options=CLUSTER)
+        envoy = EnvoyProxy(redis.address, module=module, plugin_config=plugin_config,
+                           name=f"envoy-scale-{config}", cluster_options=CLUSTER)
     with envoy:
         time.sleep(1.0)
         before = envoy_memory(envoy)
@@ -166,10 +189,12 @@ def run_phase(rnd: int, config: str, redis: RedisServer, wasm: Path, n: int, hol
             # Let the first keepalives settle into their rhythm.
             time.sleep(3.0)
             g0 = envoy.guard_stats() if envoy.with_filter else {}
+            t0 = thread_cpu_seconds(envoy.process.pid, TIMER_THREAD)
             e0, r0, w0 = cpu_seconds(envoy.process.pid), cpu_seconds(redis.process.pid), time.monotonic()
             say(f"  {config}: {n:,} connected in {connect_s:.1f} s; holding {hold:g} s")
             time.sleep(hold)
             e1, r1, w1 = cpu_seconds(envoy.process.pid), cpu_seconds(redis.process.pid), time.monotonic()
+            t1 = thread_cpu_seconds(envoy.process.pid, TIMER_THREAD)
             g1 = envoy.guard_stats() if envoy.with_filter else {}
             after = envoy_memory(envoy)
             envoy_fds = len(os.listdir(f"/proc/{envoy.process.pid}/fd"))
@@ -194,12 +219,16 @@ def run_phase(rnd: int, config: str, redis: RedisServer, wasm: Path, n: int, hol
                  before["rss"], after["rss"], before["allocated"], after["allocated"],
                  None if vm_mem is None else int(vm_mem),
                  None if not envoy.with_filter else int(g1.get("connections", 0)),
-                 sockets, others, envoy_fds)
+                 sockets, others, envoy_fds,
+                 None if t0 is None or t1 is None else (t1 - t0) / wall * 100)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--wasm", type=Path, default=default_wasm_path())
+    ap.add_argument("--native", type=Path, default=default_native_path())
+    ap.add_argument("--builds", default="wasm,native",
+                    help="the filter's builds to run beside bare tcp_proxy (default wasm,native)")
     ap.add_argument("--connections", type=int, default=None, help="default 10000 (1000 with --quick)")
     ap.add_argument("--hold", type=float, default=None, help="seconds measured (default 30; 5 with --quick)")
     ap.add_argument("--keepalive", default="1s", help="filter keepalive_interval (default 1s)")
@@ -209,9 +238,13 @@ def main() -> int:
     install_sigterm_handler()
     n = args.connections or (1000 if args.quick else 10_000)
     hold = args.hold or (5.0 if args.quick else 30.0)
-    if not args.wasm.exists():
-        print(f"error: {args.wasm} does not exist; run `make build` first", file=sys.stderr)
-        return 2
+    modules = {b: {"wasm": args.wasm, "native": args.native}.get(b)
+               for b in args.builds.split(",") if b}
+    for build, path in modules.items():
+        if path is None or not path.exists():
+            print(f"error: no {build} build at {path}; run `make build` / `make build-native`",
+                  file=sys.stderr)
+            return 2
     nofile = raise_nofile(max(NOFILE, 2 * n + ENVOY_OTHER_FDS))
     # Envoy holds two sockets per proxied connection (client side and Redis side) in one process.
     fit = (nofile - ENVOY_OTHER_FDS) // 2
@@ -223,7 +256,7 @@ def main() -> int:
         print(f"note: {capped_note}", flush=True)
         n = fit
     plugin_config = {"keepalive_interval": args.keepalive}
-    header = machine_facts(args.wasm)
+    header = machine_facts(args.wasm if "wasm" in modules else None)
     header["load average before"] = loadavg()
     header["RLIMIT_NOFILE"] = f"{nofile:,}" + (f" ({capped_note})" if capped_note else "")
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -234,10 +267,12 @@ def main() -> int:
             maxclients = redis.direct().config_get("maxclients").get("maxclients")
             say(f"Redis :{redis.port} maxclients {maxclients}; RLIMIT_NOFILE {nofile}")
             for rnd in range(1, args.rounds + 1):
-                for config in ("bare", "guard"):
-                    phases.append(run_phase(rnd, config, redis, args.wasm, n, hold, plugin_config))
+                for config, module in [("bare", None)] + list(modules.items()):
+                    phases.append(run_phase(rnd, config, redis, module, n, hold, plugin_config))
                     p = phases[-1]
-                    say(f"  {config}: Envoy {p.envoy_cpu_pct:.1f}% of a core, Redis "
+                    timer = ("" if p.timer_cpu_pct is None
+                             else f" (timer thread {p.timer_cpu_pct:.2f}%)")
+                    say(f"  {config}: Envoy {p.envoy_cpu_pct:.1f}% of a core{timer}, Redis "
                         f"{p.redis_cpu_pct:.1f}%, PINGs/s {fmt(p.pings_per_s, 0)}, RSS "
                         f"+{p.rss_per_conn / 1024:.2f} KiB/conn, Envoy fds {p.envoy_fds:,}, "
                         f"sockets {p.sockets}")
@@ -249,16 +284,18 @@ def main() -> int:
         stop_all()
     header["load average after"] = loadavg()
 
-    headers = ["round", "config", "connections", "Envoy CPU % core", "Redis CPU % core",
+    headers = ["round", "config", "connections", "Envoy CPU % core", "timer thread % core",
+               "Redis CPU % core",
                "PINGs/s (expected)", "answered", "Envoy RSS Δ/conn", "tcmalloc Δ/conn",
                "vm_memory_bytes", "guard conns", "client sockets"]
     interval_s = _seconds(args.keepalive)
     rows = []
     for p in phases:
-        expected = f" ({n / interval_s:,.0f})" if p.config == "guard" and interval_s else ""
+        expected = f" ({n / interval_s:,.0f})" if p.config != "bare" and interval_s else ""
         rows.append([
-            p.round, p.config if p.config == "bare" else f"guard ({args.keepalive})",
-            f"{p.connections:,}", fmt(p.envoy_cpu_pct, 1), fmt(p.redis_cpu_pct, 1),
+            p.round, p.config if p.config == "bare" else f"{p.config} ({args.keepalive})",
+            f"{p.connections:,}", fmt(p.envoy_cpu_pct, 1),
+            "-" if p.timer_cpu_pct is None else fmt(p.timer_cpu_pct, 2), fmt(p.redis_cpu_pct, 1),
             ("-" if p.pings_per_s is None else fmt(p.pings_per_s, 0) + expected),
             "-" if p.answered is None else f"{p.answered:,}",
             f"{p.rss_per_conn / 1024:.2f} KiB",
@@ -303,7 +340,7 @@ def main() -> int:
                      "redis_cpu_pct", "pings", "pings_per_s", "answered", "rss_before",
                      "rss_after", "rss_per_conn", "alloc_before", "alloc_after", "alloc_per_conn",
                      "vm_memory_bytes", "guard_connections", "sockets_quiet", "sockets_stray",
-                     "sockets_closed", "envoy_fds"])
+                     "sockets_closed", "envoy_fds", "timer_cpu_pct"])
         for p in phases:
             wr.writerow([p.round, p.config, p.connections, f"{p.connect_s:.2f}", f"{p.hold_s:.2f}",
                          f"{p.envoy_cpu_pct:.2f}", f"{p.redis_cpu_pct:.2f}", p.pings,
@@ -311,7 +348,8 @@ def main() -> int:
                          p.rss_before, p.rss_after, f"{p.rss_per_conn:.0f}", p.alloc_before,
                          p.alloc_after, "" if p.alloc_per_conn is None else f"{p.alloc_per_conn:.0f}",
                          p.vm_memory_bytes, p.guard_connections, p.sockets["quiet"],
-                         p.sockets["stray_sockets"], p.sockets["closed"], p.envoy_fds])
+                         p.sockets["stray_sockets"], p.sockets["closed"], p.envoy_fds,
+                         "" if p.timer_cpu_pct is None else f"{p.timer_cpu_pct:.3f}"])
     say(f"wrote {Path(f'{base}.md').relative_to(REPO_ROOT)}, {Path(f'{base}.csv').relative_to(REPO_ROOT)}")
     return 0
 

@@ -408,6 +408,58 @@ def test_envoyfilter_patch_is_a_valid_envoy_network_filter(wasm, tmp_path):
     assert rc == 0, out[-3000:]
 
 
+# -- the native build's manifests (envoy/istio/native/) ------------------------------------------
+
+NATIVE_DIR = ISTIO_DIR / "native"
+
+
+def _native_doc(file: str) -> Dict[str, Any]:
+    docs = [d for d in yaml.safe_load_all((NATIVE_DIR / file).read_text()) if d is not None]
+    assert len(docs) == 1, f"{file}: expected one document"
+    return docs[0]
+
+
+def test_native_envoyfilter_matches_istio_crd_schema():
+    doc = _native_doc("envoyfilter.yaml")
+    assert doc["kind"] == "EnvoyFilter"
+    errors = _schema_errors(doc)
+    assert not errors, "\n  ".join(errors)
+
+
+def test_native_envoyfilter_fields_and_config_match_the_wasm_ones():
+    """The same place as the Wasm EnvoyFilter (before tcp_proxy on outbound 6379), the same
+    plugin configuration as the WasmPlugin, and the .so at the path the bootstrap uses."""
+    (native,) = _native_doc("envoyfilter.yaml")["spec"]["configPatches"]
+    wasm = _envoyfilter_patch()
+    assert native["applyTo"] == wasm["applyTo"] and native["match"] == wasm["match"]
+    assert native["patch"]["operation"] == "INSERT_BEFORE"
+    value = native["patch"]["value"]
+    assert value["name"] == "envoy.filters.network.dynamic_modules"
+    cfg = value["typed_config"]
+    assert cfg["filter_name"] == "redis_idle_guard"
+    assert json.loads(cfg["filter_config"]["value"]) == _only("WasmPlugin")["spec"]["pluginConfig"]
+    bootstrap = json.loads(_native_doc("bootstrap.yaml")["data"]["custom_bootstrap.json"])
+    (ext,) = bootstrap["bootstrap_extensions"]
+    assert ext["typed_config"]["dynamic_module_config"] == cfg["dynamic_module_config"]
+    assert ext["typed_config"]["extension_name"] == "redis_idle_guard"
+
+
+def test_native_envoyfilter_and_bootstrap_load_in_envoy(native_module, tmp_path):
+    """The patch value before tcp_proxy and the bootstrap override merged in, with the module
+    path pointed at the built .so: `envoy --mode validate` runs the module's config_new."""
+    value = copy.deepcopy(_native_doc("envoyfilter.yaml")["spec"]["configPatches"][0]["patch"]["value"])
+    so = str(native_module.path.resolve())
+    value["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = so
+    config = _bootstrap_with(value)
+    override = json.loads(_native_doc("bootstrap.yaml")["data"]["custom_bootstrap.json"])
+    for ext in override["bootstrap_extensions"]:
+        ext["typed_config"]["dynamic_module_config"]["module"]["local"]["filename"] = so
+    config.update(override)
+    rc, out = _envoy_validate(config, tmp_path, "native-envoyfilter")
+    assert rc == 0, out[-3000:]
+    assert "redis-idle-guard: configured" in out, out[-3000:]
+
+
 ENVOY_CONFIGS = sorted(p.relative_to(REPO_ROOT).as_posix()
                        for p in (REPO_ROOT / "envoy").glob("*.yaml"))
 

@@ -37,9 +37,11 @@ def default_native_path() -> Path:
 
 @dataclass(frozen=True)
 class FilterModule:
-    """One build of the filter; the kind follows from the file (.so: native)."""
+    """One build of the filter; the kind follows from the file (.so: native). A native module
+    without the companion bootstrap extension (the benchmarks' no-op) sets bootstrap=False."""
 
     path: Path
+    bootstrap: bool = True
 
     @property
     def kind(self) -> str:
@@ -108,7 +110,7 @@ class FilterModule:
 
     def bootstrap_extensions(self) -> List[Dict[str, Any]]:
         """What the Envoy bootstrap needs besides the filter (the native build's extension)."""
-        if not self.native:
+        if not self.native or not self.bootstrap:
             return []
         return [{
             "name": "envoy.bootstrap.dynamic_modules",
