@@ -9,7 +9,7 @@ use crate::duration::Millis;
 use crate::host::{Cluster, ConnectionId, DataCallback};
 use crate::session::PING;
 use crate::worker::{Verdict, Wake, Worker};
-use std::sync::{Arc, Mutex, TryLockError};
+use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 /// What `config_new` builds: the parsed configuration, its stats, and one [`Worker`] per Envoy
 /// worker thread. A worker's lock is only ever taken by its own thread (and never while a host
@@ -17,14 +17,23 @@ use std::sync::{Arc, Mutex, TryLockError};
 pub struct FilterConfig {
     pub stats: Stats,
     workers: Box<[Mutex<Worker>]>,
+    /// Per worker: connections destroyed while their worker was busy, to remove at its next
+    /// callback.
+    gone: Box<[Mutex<Vec<ConnectionId>>]>,
 }
 
 impl FilterConfig {
     pub fn new(config: Config, stats: Stats, concurrency: usize) -> FilterConfig {
-        let workers = (0..concurrency.max(1))
+        let n = concurrency.max(1);
+        let workers = (0..n)
             .map(|_| Mutex::new(Worker::new(config.clone())))
             .collect();
-        FilterConfig { stats, workers }
+        let gone = (0..n).map(|_| Mutex::new(Vec::new())).collect();
+        FilterConfig {
+            stats,
+            workers,
+            gone,
+        }
     }
 }
 
@@ -138,6 +147,12 @@ impl Filter {
         let mut host = NativeHost {
             stats: &self.config.stats,
         };
+        if let Some(gone) = self.config.gone.get(self.worker) {
+            let ids = std::mem::take(&mut *gone.lock().unwrap_or_else(PoisonError::into_inner));
+            for gone_id in ids {
+                worker.remove(&mut host, gone_id);
+            }
+        }
         f(&mut worker, &mut host, id)
     }
 
@@ -208,14 +223,29 @@ impl Filter {
     }
 }
 
+/// Envoy destroys a filter on its worker, or, when a wake was being committed at that moment,
+/// on the timer thread (see `timer`): the worker may be busy then, so a removal that cannot
+/// take the worker's lock at once is left for the next callback of that worker, which carries it
+/// out before anything else. The timer slot (the connection's id) is freed last, so that a new
+/// connection cannot get the id while the old one is still to be removed.
 impl Drop for Filter {
     fn drop(&mut self) {
-        self.with((), |w, host, id| w.remove(host, id));
-        if let Some(scheduler) = self.id.and_then(timer::unregister) {
-            // SAFETY: the slot is freed, so the timer thread no longer commits to it.
-            unsafe {
-                abi::envoy_dynamic_module_callback_network_filter_scheduler_delete(scheduler)
-            };
+        let Some(id) = self.id else { return };
+        if let Some(worker) = self.config.workers.get(self.worker) {
+            match worker.try_lock() {
+                Ok(mut w) => {
+                    let mut host = NativeHost {
+                        stats: &self.config.stats,
+                    };
+                    w.remove(&mut host, id);
+                }
+                Err(_) => {
+                    if let Some(gone) = self.config.gone.get(self.worker) {
+                        gone.lock().unwrap_or_else(PoisonError::into_inner).push(id);
+                    }
+                }
+            }
         }
+        timer::unregister(id);
     }
 }

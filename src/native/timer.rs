@@ -4,17 +4,21 @@
 //! `on_network_filter_scheduled` to the connection's worker). A wake costs O(log n) for each
 //! connection that is due, never a pass over all of them.
 //!
-//! Each connection owns a slot: its scheduler, and the deadline it armed. A slot is freed under
-//! the same lock the thread holds while it commits, before the scheduler is deleted, so no
-//! commit can reach a scheduler whose connection is gone. The slot's index is the
-//! connection's id (unique in the process).
+//! Each connection owns a slot: its scheduler, and the deadline it armed. The slot's index is
+//! the connection's id (unique in the process).
+//!
+//! The thread commits without holding its lock, because a commit can run Envoy's destructor of
+//! the connection's filter on the committing thread (when the worker dropped the filter while
+//! the commit held it), and that destructor frees the slot. So a scheduler is shared: the slot
+//! holds it and so does a commit in flight, and it is deleted when the last of them lets go,
+//! never while a commit may still reach it.
 
 use super::abi;
 use crate::duration::Millis;
 use crate::host::ConnectionId;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
-use std::sync::{Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, LazyLock, Mutex, MutexGuard, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -28,13 +32,26 @@ pub fn now_ms() -> Millis {
     u64::try_from(EPOCH.elapsed().as_millis()).unwrap_or(u64::MAX)
 }
 
+/// An Envoy scheduler, deleted when the last holder drops it.
+struct Scheduler(usize);
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        // SAFETY: created by scheduler_new and deleted once, here; the ABI allows any thread.
+        unsafe {
+            abi::envoy_dynamic_module_callback_network_filter_scheduler_delete(
+                self.0 as abi::Scheduler,
+            )
+        };
+    }
+}
+
 struct Slot {
-    /// The connection's Envoy scheduler (a pointer, kept as an integer to cross threads).
-    scheduler: usize,
+    /// The connection's Envoy scheduler (None once its connection is gone).
+    scheduler: Option<Arc<Scheduler>>,
     /// Bumped when the slot is freed, so heap entries of an earlier owner are ignored.
     generation: u32,
     armed: Option<Millis>,
-    live: bool,
 }
 
 #[derive(Default)]
@@ -62,9 +79,11 @@ fn lock() -> MutexGuard<'static, State> {
     TIMERS.state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A slot for a new connection with its scheduler; the thread starts with the first one.
-/// None if the thread cannot be started (the connection then passes through).
+/// A slot for a new connection with its scheduler (from then on owned here); the thread starts
+/// with the first one. None if the thread cannot be started (the connection then passes
+/// through, and the scheduler is deleted).
 pub fn register(scheduler: abi::Scheduler) -> Option<ConnectionId> {
+    let scheduler = Arc::new(Scheduler(scheduler as usize));
     let mut st = lock();
     if st.thread.is_none() {
         let spawned = std::thread::Builder::new()
@@ -78,42 +97,50 @@ pub fn register(scheduler: abi::Scheduler) -> Option<ConnectionId> {
             }
         }
     }
-    let slot = Slot {
-        scheduler: scheduler as usize,
-        generation: 0,
-        armed: None,
-        live: true,
-    };
     if let Some(id) = st.free.pop() {
         if let Some(s) = st.slots.get_mut(id as usize) {
-            s.scheduler = slot.scheduler;
+            s.scheduler = Some(scheduler);
             s.armed = None;
-            s.live = true;
             return Some(id);
         }
     }
     let id = ConnectionId::try_from(st.slots.len()).ok()?;
-    st.slots.push(slot);
+    st.slots.push(Slot {
+        scheduler: Some(scheduler),
+        generation: 0,
+        armed: None,
+    });
     Some(id)
 }
 
-/// Free the slot of a connection being destroyed; returns its scheduler, which the caller
-/// deletes (after this, the thread never commits to it).
-pub fn unregister(id: ConnectionId) -> Option<abi::Scheduler> {
-    let mut st = lock();
-    let slot = st.slots.get_mut(id as usize).filter(|s| s.live)?;
-    slot.live = false;
-    slot.armed = None;
-    slot.generation = slot.generation.wrapping_add(1);
-    let scheduler = slot.scheduler as abi::Scheduler;
-    st.free.push(id);
-    Some(scheduler)
+/// Free the slot of a connection being destroyed (from any thread: see the module doc).
+pub fn unregister(id: ConnectionId) {
+    let scheduler = {
+        let mut st = lock();
+        let Some(slot) = st.slots.get_mut(id as usize) else {
+            return;
+        };
+        let scheduler = slot.scheduler.take();
+        if scheduler.is_none() {
+            return;
+        }
+        slot.armed = None;
+        slot.generation = slot.generation.wrapping_add(1);
+        st.free.push(id);
+        scheduler
+    };
+    // Deleted here unless a commit still holds it (outside the lock: no Envoy call under it).
+    drop(scheduler);
 }
 
 /// Wake `id` at `at`, unless an earlier wake is already armed.
 pub fn arm(id: ConnectionId, at: Millis) {
     let mut st = lock();
-    let Some(slot) = st.slots.get_mut(id as usize).filter(|s| s.live) else {
+    let Some(slot) = st
+        .slots
+        .get_mut(id as usize)
+        .filter(|s| s.scheduler.is_some())
+    else {
         return;
     };
     if slot.armed.is_some_and(|armed| armed <= at) {
@@ -145,9 +172,25 @@ pub fn stop() {
 fn run() {
     let result = std::panic::catch_unwind(|| {
         let mut st = lock();
+        let mut due = Vec::new();
         while !st.stop {
             let now = now_ms();
-            commit_due(&mut st, now);
+            take_due(&mut st, now, &mut due);
+            if !due.is_empty() {
+                drop(st);
+                for scheduler in due.drain(..) {
+                    // SAFETY: `scheduler` is alive while this Arc holds it (see the module doc);
+                    // commits are allowed from any thread.
+                    unsafe {
+                        abi::envoy_dynamic_module_callback_network_filter_scheduler_commit(
+                            scheduler.0 as abi::Scheduler,
+                            WAKE,
+                        )
+                    };
+                }
+                st = lock();
+                continue;
+            }
             let next = st.heap.peek().map(|Reverse((at, _, _))| *at);
             st = match next {
                 None => TIMERS
@@ -170,7 +213,8 @@ fn run() {
     }
 }
 
-fn commit_due(st: &mut State, now: Millis) {
+/// The schedulers of the connections due at `now` (their deadlines disarmed).
+fn take_due(st: &mut State, now: Millis, due: &mut Vec<Arc<Scheduler>>) {
     while let Some(&Reverse((at, id, generation))) = st.heap.peek() {
         if at > now {
             return;
@@ -179,17 +223,12 @@ fn commit_due(st: &mut State, now: Millis) {
         let Some(slot) = st.slots.get_mut(id as usize) else {
             continue;
         };
-        if !slot.live || slot.generation != generation || slot.armed != Some(at) {
+        if slot.generation != generation || slot.armed != Some(at) {
             continue;
         }
         slot.armed = None;
-        // SAFETY: the slot is live, so its connection has not been destroyed and its scheduler
-        // not deleted: both happen only after `unregister`, which needs this lock.
-        unsafe {
-            abi::envoy_dynamic_module_callback_network_filter_scheduler_commit(
-                slot.scheduler as abi::Scheduler,
-                WAKE,
-            )
-        };
+        if let Some(scheduler) = &slot.scheduler {
+            due.push(Arc::clone(scheduler));
+        }
     }
 }
