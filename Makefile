@@ -112,9 +112,11 @@ demo: setup build
 	$(PY) tests/lab/matrix.py --short --module $(WASM)
 	$(PY) tests/lab/learning.py --module $(WASM)
 
-# The full matrix: every fault × chain × client, 3 rounds each (a few minutes).
+# The full matrix: every fault × chain × client, 3 rounds each (a few minutes); then the
+# defaults against 30 s cutoffs with 45 s idle spells (about 7 minutes).
 matrix: setup build
 	$(PY) tests/lab/matrix.py --module $(WASM)
+	$(PY) tests/lab/matrix.py --defaults 30 --module $(WASM)
 
 clean:
 	cargo clean

@@ -25,15 +25,22 @@ pub struct LearnBounds {
     pub max: Millis,
 }
 
+/// The defaults cover every idle cutoff of [`COVERED_CUTOFF`] or more with no tuning: a
+/// keepalive at half of it (the margin the learning keeps too), and a probe for a command after
+/// a silence that the keepalives could not prevent, before the cutoff.
+pub const COVERED_CUTOFF: Millis = 30_000;
+const DEFAULT_KEEPALIVE: Millis = COVERED_CUTOFF / 2;
+const DEFAULT_PROBE_AFTER: Millis = 25_000;
 const DEFAULT_MIN_KEEPALIVE: Millis = 1_000;
-const DEFAULT_MAX_KEEPALIVE: Millis = 60_000;
+/// "auto" starts from the default interval: it learns only cutoffs below the covered ones.
+const DEFAULT_MAX_KEEPALIVE: Millis = DEFAULT_KEEPALIVE;
 
 impl Default for Config {
     fn default() -> Self {
         Config {
-            keepalive_interval: Some(30_000),
+            keepalive_interval: Some(DEFAULT_KEEPALIVE),
             ping_timeout: 5_000,
-            probe_after: Some(60_000),
+            probe_after: Some(DEFAULT_PROBE_AFTER),
             learn: None,
         }
     }
@@ -211,6 +218,17 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_defaults_cover_a_30s_cutoff_with_margin() {
+        let c = Config::default();
+        assert_eq!(c.keepalive_interval, Some(15_000));
+        assert_eq!(c.ping_timeout, 5_000);
+        assert_eq!(c.probe_after, Some(25_000));
+        // The keepalive goes out by half the cutoff (plus a tick); the probe before it.
+        assert!(c.keepalive_interval.unwrap() + c.tick_period_ms() <= COVERED_CUTOFF / 2 + 1_000);
+        assert!(c.probe_after.unwrap() < COVERED_CUTOFF);
+    }
+
+    #[test]
     fn empty_means_defaults() {
         assert_eq!(Config::parse(b""), Ok(Config::default()));
         assert_eq!(Config::parse(b"  \n"), Ok(Config::default()));
@@ -244,10 +262,10 @@ mod tests {
             c.learn,
             Some(LearnBounds {
                 min: 1_000,
-                max: 60_000
+                max: 15_000
             })
         );
-        assert_eq!(c.keepalive_interval, Some(60_000));
+        assert_eq!(c.keepalive_interval, Some(15_000));
         assert_eq!(c.shortest_keepalive(), Some(1_000));
         let c = Config::parse(
             br#"{"keepalive_interval":"auto","min_keepalive_interval":"5s","max_keepalive_interval":"2m"}"#,

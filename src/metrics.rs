@@ -89,6 +89,7 @@ pub enum UpstreamMetric {
     ReconnectSignals,
     ProbeFailed,
     IdleDeaths,
+    IdleEvents,
     IdleSpellMs,
     DeathIdleMs,
     IdleCutoffMs,
@@ -96,13 +97,14 @@ pub enum UpstreamMetric {
 }
 
 impl UpstreamMetric {
-    pub const ALL: [UpstreamMetric; 10] = [
+    pub const ALL: [UpstreamMetric; 11] = [
         UpstreamMetric::ConnectionsOpened,
         UpstreamMetric::KeepaliveSent,
         UpstreamMetric::KeepaliveFailed,
         UpstreamMetric::ReconnectSignals,
         UpstreamMetric::ProbeFailed,
         UpstreamMetric::IdleDeaths,
+        UpstreamMetric::IdleEvents,
         UpstreamMetric::IdleSpellMs,
         UpstreamMetric::DeathIdleMs,
         UpstreamMetric::IdleCutoffMs,
@@ -118,6 +120,7 @@ impl UpstreamMetric {
             UpstreamMetric::ReconnectSignals => "reconnect_signals",
             UpstreamMetric::ProbeFailed => "probe.failed",
             UpstreamMetric::IdleDeaths => "idle_deaths",
+            UpstreamMetric::IdleEvents => "idle_events",
             UpstreamMetric::IdleSpellMs => "idle_spell_ms",
             UpstreamMetric::DeathIdleMs => "death_idle_ms",
             UpstreamMetric::IdleCutoffMs => "idle_cutoff_ms",

@@ -74,6 +74,8 @@ pub fn events(
                     close_reason(r)
                 );
             }
+            // Counted by the learning, when its burst is judged an event.
+            Event::BusyDeath => {}
             Event::ProbeHeld => host.add(Metric::ProbeHeld, 1),
             Event::ProbePassed { waited_ms } => {
                 host.add(Metric::ProbePassed, 1);

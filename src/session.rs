@@ -121,6 +121,10 @@ pub enum Event {
     IdleDeath {
         idle_ms: Millis,
     },
+    /// The link died (or stopped answering) while a reply was owed to the client: whatever
+    /// killed it did not wait for the connection to be idle, so it was an event, not an idle
+    /// cutoff (see `idle_cutoff`).
+    BusyDeath,
 }
 
 /// Idle spells shorter than this are not reported as survived (they would cost a stat per
@@ -443,6 +447,20 @@ impl Session {
         self.keepalive_interval = interval;
     }
 
+    /// A different `probe_after` for this connection (a re-test's canary probes sooner).
+    pub fn set_probe_after(&mut self, after: Option<Millis>) {
+        self.probe_after = after;
+    }
+
+    /// Nothing owed either way and nothing held: the connection is between uses.
+    pub fn is_idle(&self) -> bool {
+        self.modes.queue.is_empty()
+            && self.probe.is_none()
+            && self.requests.at_boundary()
+            && self.replies.at_boundary()
+            && !self.closed
+    }
+
     /// The link died: report the idle spell it died after.
     fn record_death(&mut self, now: Millis) {
         let idle_ms = self
@@ -541,8 +559,11 @@ impl Session {
         if !buf.is_empty() {
             self.client_seen = true;
         }
-        let start_probe =
-            self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD && self.probe_due(now);
+        let fresh = self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD;
+        let start_probe = fresh && self.probe_due(now);
+        // A keepalive still unanswered holds the command like a probe (its answer releases it;
+        // its silence closes the connection with the command never sent).
+        let behind_ping = fresh && !start_probe && self.keepalive_unanswered();
         let modes = &mut self.modes;
         let mut sink = |f: &Frame| modes.on_command(f);
         let window = &mut self.req_window;
@@ -562,8 +583,8 @@ impl Session {
             self.release_held();
         }
         let holding = self.probe.as_ref().is_some_and(|p| p.holding);
-        if self.follow == Follow::Active && (holding || start_probe) {
-            self.hold(now, buf, start_probe);
+        if self.follow == Follow::Active && (holding || start_probe || behind_ping) {
+            self.hold(now, buf, start_probe, behind_ping);
         }
         // Held bytes to put back: in this callback the read buffer is ours to write, and they
         // go in front of whatever the client sent since.
@@ -587,8 +608,21 @@ impl Session {
             && self.may_ping()
     }
 
-    /// Move this read's bytes into the hold; on the first, put the probe's PING in their place.
-    fn hold(&mut self, now: Millis, buf: &mut impl Buffer, start: bool) {
+    /// The client is idle and the filter's keepalive, at the front, is still unanswered.
+    fn keepalive_unanswered(&self) -> bool {
+        let q = &self.modes.queue;
+        self.ping_clock.is_some()
+            && q.filter_at_front()
+            && !q.client_pending()
+            && self.requests.at_boundary()
+            && !self.client_gone
+            && self.follow == Follow::Active
+            && !self.closed
+    }
+
+    /// Move this read's bytes into the hold. On the first, either put the probe's PING in their
+    /// place (`start`), or hold them behind the keepalive already out (`behind_ping`).
+    fn hold(&mut self, now: Millis, buf: &mut impl Buffer, start: bool, behind_ping: bool) {
         let len = buf.len();
         let bytes = if len == 0 {
             Some(Vec::new())
@@ -618,8 +652,20 @@ impl Session {
                 held: bytes,
                 since: now,
                 holding: true,
+                own_ping: true,
             });
             self.events.push(Event::ProbeHeld);
+            return;
+        }
+        if behind_ping {
+            // Not a probe of its own (no PING of its own): counted only if the command is then
+            // never sent (probe.failed).
+            self.probe = Some(Probe {
+                held: bytes,
+                since: self.ping_clock.unwrap_or(now),
+                holding: true,
+                own_ping: false,
+            });
             return;
         }
         let overflow = match self.probe.as_mut() {
@@ -790,12 +836,16 @@ impl Session {
         // The probe's PING was the first filter reply owed: its answer releases the hold.
         if answered > 0 {
             if let Some(p) = self.probe.take() {
-                if self.events.get(first_answer) == Some(&Event::KeepaliveAnswered) {
-                    self.events.remove(first_answer);
+                // A probe's own PING is counted as the probe's; a command held behind a
+                // keepalive just follows it (the keepalive's answer is counted as such).
+                if p.own_ping {
+                    if self.events.get(first_answer) == Some(&Event::KeepaliveAnswered) {
+                        self.events.remove(first_answer);
+                    }
+                    self.events.push(Event::ProbePassed {
+                        waited_ms: now.saturating_sub(p.since),
+                    });
                 }
-                self.events.push(Event::ProbePassed {
-                    waited_ms: now.saturating_sub(p.since),
-                });
                 if !p.held.is_empty() {
                     self.release
                         .get_or_insert_with(Vec::new)
@@ -877,6 +927,9 @@ impl Session {
                 return TickAction::None;
             }
             let holding = p.holding;
+            if !p.own_ping {
+                self.events.push(Event::KeepaliveFailed);
+            }
             self.probe = None;
             self.events.push(Event::ProbeFailed);
             if !holding {
@@ -896,6 +949,7 @@ impl Session {
                 // way and the client's own timeout reports it. Count the failure, keep waiting.
                 self.ping_clock = None;
                 self.events.push(Event::KeepaliveFailed);
+                self.events.push(Event::BusyDeath);
                 return TickAction::None;
             }
             if now >= since + self.ping_timeout {
@@ -973,12 +1027,11 @@ impl Session {
             return false;
         }
         // Never up (Envoy could not connect to Redis): a failed connect, not a dead link.
-        if !self.upstream_seen
-            || self.client_gone
-            || self.modes.quitting
-            || self.modes.queue.client_pending()
-            || !self.requests.at_boundary()
-        {
+        if !self.upstream_seen || self.client_gone || self.modes.quitting {
+            return false;
+        }
+        if self.modes.queue.client_pending() || !self.requests.at_boundary() {
+            self.events.push(Event::BusyDeath);
             return false;
         }
         self.record_death(now);

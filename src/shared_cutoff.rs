@@ -1,7 +1,8 @@
 //! Learned cutoffs shared between Envoy's workers. Each worker learns on its own connections,
 //! and would otherwise have to lose connections to learn what another worker already knows.
 //! The host's shared store is one map every worker of the process reads and writes; the value
-//! is the cutoff in ms as text ("0": none).
+//! is the estimated cutoff and the keepalive interval in ms, as text `"<cutoff>:<interval>"`
+//! (`"0"`: none).
 
 use crate::duration::Millis;
 use crate::host::{Host, StoreError};
@@ -16,27 +17,34 @@ fn key(cluster: &str) -> String {
     format!("{KEY_PREFIX}{cluster}")
 }
 
-fn decode(bytes: &[u8]) -> Option<Option<Millis>> {
-    let ms: Millis = std::str::from_utf8(bytes).ok()?.trim().parse().ok()?;
-    Some((ms > 0).then_some(ms))
+/// An estimate and the interval it is kept alive at.
+pub type Shared = Option<(Millis, Millis)>;
+
+fn decode(bytes: &[u8]) -> Option<Shared> {
+    let text = std::str::from_utf8(bytes).ok()?.trim();
+    if text == "0" {
+        return Some(None);
+    }
+    let (e, i) = text.split_once(':')?;
+    Some(Some((e.parse().ok()?, i.parse().ok()?)))
+}
+
+fn encode(shared: Shared) -> String {
+    shared.map_or_else(|| "0".to_string(), |(e, i)| format!("{e}:{i}"))
 }
 
 /// The shared estimate for `cluster` and its CAS; None if none is published (or unreadable).
-pub fn read(host: &mut impl Host, cluster: &str) -> Option<(Option<Millis>, u32)> {
+pub fn read(host: &mut impl Host, cluster: &str) -> Option<(Shared, u32)> {
     let (bytes, cas) = host.shared_get(&key(cluster)).ok()??;
     Some((decode(&bytes)?, cas))
 }
 
-/// Publish this worker's new estimate. A shorter cutoff than the shared one replaces it (deaths
-/// only ever tighten it); `None` (a survival proved `dropped` wrong) replaces it only if the
-/// shared value is still `dropped`, so a tighter estimate another worker published meanwhile
-/// stands. Best effort: on a refusal each worker simply keeps its own.
-pub fn publish(
-    host: &mut impl Host,
-    cluster: &str,
-    estimate: Option<Millis>,
-    dropped: Option<Millis>,
-) {
+/// Publish this worker's new estimate and interval. A tighter one than the shared one replaces
+/// it (a shorter cutoff, or the same with a shorter interval); `None` (a survival proved
+/// `dropped` wrong) replaces it only if the shared estimate is still `dropped`, so a tighter
+/// estimate another worker published meanwhile stands. Best effort: on a refusal each worker
+/// simply keeps its own.
+pub fn publish(host: &mut impl Host, cluster: &str, estimate: Shared, dropped: Option<Millis>) {
     let key = key(cluster);
     for _ in 0..PUBLISH_ATTEMPTS {
         let current = match host.shared_get(&key) {
@@ -48,13 +56,13 @@ pub fn publish(
             (_, None) => true,
             (Some(mine), Some((Some(shared), _))) => mine < shared,
             (Some(_), Some((None, _))) => true,
-            (None, Some((shared, _))) => shared.is_some() && shared == dropped,
+            (None, Some((shared, _))) => shared.is_some_and(|(e, _)| Some(e) == dropped),
         };
         if !write {
             return;
         }
         let cas = current.map_or(0, |(_, cas)| cas);
-        let text = estimate.unwrap_or(0).to_string();
+        let text = encode(estimate);
         match host.shared_set(&key, text.as_bytes(), cas) {
             Ok(()) => return,
             // Another worker wrote first: look again.

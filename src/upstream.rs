@@ -3,6 +3,7 @@
 
 use crate::config::LearnBounds;
 use crate::duration::Millis;
+use crate::host::ConnectionId;
 use crate::idle_cutoff::{IdleCutoff, Learned};
 use crate::session::Event;
 
@@ -19,6 +20,10 @@ pub struct Upstream {
     pub cutoff: IdleCutoff,
     /// CAS of the shared (all workers') estimate last looked at; 0 = none seen.
     pub shared_cas: u32,
+    /// The connection re-testing the estimate, if any (see `IdleCutoff::retest_due`).
+    pub canary: Option<ConnectionId>,
+    /// What this worker last published or adopted (estimate, interval).
+    pub published: Option<(Millis, Millis)>,
 }
 
 #[derive(Debug, Default)]
@@ -26,11 +31,13 @@ pub struct Upstreams {
     list: Vec<Upstream>,
 }
 
-/// A change of an upstream's keepalive interval, to apply to its connections.
+/// What learning did for one upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IntervalChange {
-    pub upstream: UpstreamId,
-    pub interval: Millis,
+pub enum Lesson {
+    /// The upstream's keepalive interval changed: its connections follow.
+    Interval(Millis),
+    /// A burst of deaths was an event and taught nothing (its number of deaths).
+    Event(u64),
 }
 
 impl Upstreams {
@@ -47,12 +54,18 @@ impl Upstreams {
             cluster: cluster.to_string(),
             cutoff: IdleCutoff::default(),
             shared_cas: 0,
+            canary: None,
+            published: None,
         });
         Some((self.list.len() as UpstreamId, true))
     }
 
     pub fn get(&self, id: UpstreamId) -> Option<&Upstream> {
         self.list.get(usize::from(id).checked_sub(1)?)
+    }
+
+    pub fn get_mut(&mut self, id: UpstreamId) -> Option<&mut Upstream> {
+        self.list.get_mut(usize::from(id).checked_sub(1)?)
     }
 
     /// The keepalive interval for `id`'s connections when learning (None: not learning, or
@@ -70,48 +83,76 @@ impl Upstreams {
         self.list.is_empty()
     }
 
-    /// Another worker's estimate for `id`, seen with `cas`. Returns the new interval when it
-    /// changed this worker's.
+    pub fn ids(&self) -> impl Iterator<Item = UpstreamId> {
+        (1..=self.list.len()).filter_map(|i| UpstreamId::try_from(i).ok())
+    }
+
+    /// Another worker's estimate and interval for `id`, seen with `cas`.
     pub fn adopt(
         &mut self,
         id: UpstreamId,
-        estimate: Option<Millis>,
+        shared: Option<(Millis, Millis)>,
         cas: u32,
         learn: Option<LearnBounds>,
-    ) -> Option<IntervalChange> {
+        now: Millis,
+    ) -> Option<Lesson> {
         let bounds = learn?;
-        let upstream = self.list.get_mut(usize::from(id).checked_sub(1)?)?;
+        let upstream = self.get_mut(id)?;
         if upstream.shared_cas == cas {
             return None;
         }
         upstream.shared_cas = cas;
-        let learned = upstream.cutoff.adopt(estimate);
-        let interval = upstream.cutoff.keepalive_interval(bounds);
-        (learned == Learned::Changed).then_some(IntervalChange {
-            upstream: id,
-            interval,
-        })
+        lesson(
+            upstream.cutoff.adopt(shared, bounds, now),
+            &upstream.cutoff,
+            bounds,
+        )
     }
 
-    /// Learn from one connection's event. Returns the upstream's new interval when it changed.
+    /// Learn from one connection's event at `now`.
     pub fn observe(
         &mut self,
         id: UpstreamId,
+        now: Millis,
         event: &Event,
         learn: Option<LearnBounds>,
-    ) -> Option<IntervalChange> {
+    ) -> Option<Lesson> {
         let bounds = learn?;
-        let upstream = self.list.get_mut(usize::from(id).checked_sub(1)?)?;
+        let upstream = self.get_mut(id)?;
         let learned = match *event {
-            Event::IdleDeath { idle_ms } => upstream.cutoff.died(idle_ms, bounds),
+            Event::IdleDeath { idle_ms } => upstream.cutoff.died(now, idle_ms, false, bounds),
+            Event::BusyDeath => upstream.cutoff.died(now, 0, true, bounds),
             Event::IdleSurvived { idle_ms } => upstream.cutoff.survived(idle_ms),
             _ => Learned::Same,
         };
-        let interval = upstream.cutoff.keepalive_interval(bounds);
-        (learned == Learned::Changed).then_some(IntervalChange {
-            upstream: id,
-            interval,
-        })
+        lesson(learned, &upstream.cutoff, bounds)
+    }
+
+    /// Judge the bursts of deaths that are complete at `now`.
+    pub fn settle(
+        &mut self,
+        id: UpstreamId,
+        now: Millis,
+        learn: Option<LearnBounds>,
+    ) -> Option<Lesson> {
+        let bounds = learn?;
+        let upstream = self.get_mut(id)?;
+        if !upstream.cutoff.pending() {
+            return None;
+        }
+        lesson(
+            upstream.cutoff.settle(now, bounds),
+            &upstream.cutoff,
+            bounds,
+        )
+    }
+}
+
+fn lesson(learned: Learned, cutoff: &IdleCutoff, bounds: LearnBounds) -> Option<Lesson> {
+    match learned {
+        Learned::Same => None,
+        Learned::Changed => Some(Lesson::Interval(cutoff.keepalive_interval(bounds))),
+        Learned::Event(n) => Some(Lesson::Event(n)),
     }
 }
 
@@ -145,20 +186,17 @@ mod tests {
         u.register("nat");
         u.register("direct");
         assert_eq!(u.interval(1, B), Some(60_000));
-        let change = u.observe(1, &Event::IdleDeath { idle_ms: 8_000 }, B);
         assert_eq!(
-            change,
-            Some(IntervalChange {
-                upstream: 1,
-                interval: 4_000
-            })
+            u.observe(1, 100_000, &Event::IdleDeath { idle_ms: 8_000 }, B),
+            None
         );
-        assert_eq!(u.interval(1, B), Some(4_000));
+        // Judged once its burst is over.
+        assert_eq!(u.settle(1, 101_000, B), Some(Lesson::Interval(30_000)));
+        assert_eq!(u.interval(1, B), Some(30_000));
         assert_eq!(u.interval(2, B), Some(60_000));
-        // A second, longer death changes nothing; without learning nothing is learned.
-        assert_eq!(u.observe(1, &Event::IdleDeath { idle_ms: 9_000 }, B), None);
+        // Without learning nothing is learned.
         assert_eq!(
-            u.observe(2, &Event::IdleDeath { idle_ms: 9_000 }, None),
+            u.observe(2, 200_000, &Event::IdleDeath { idle_ms: 9_000 }, None),
             None
         );
         assert_eq!(u.interval(2, None), None);

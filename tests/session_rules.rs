@@ -427,20 +427,56 @@ fn client_close_is_not_a_reconnect_signal() {
 }
 
 #[test]
-fn ping_timeout_with_a_command_behind_it_counts_but_does_not_close() {
+fn a_command_behind_an_unanswered_ping_is_held_and_never_sent_if_it_dies() {
     let mut w = world();
     assert_eq!(w.advance(1_000), TickAction::SendPing);
     w.client(&cmd(&["SET", "a", "1"]));
-    assert_eq!(w.advance(500), TickAction::None);
+    assert_eq!(
+        w.to_redis_since_mark(),
+        PING,
+        "the SET waits behind the PING"
+    );
+    assert_eq!(w.advance(500), TickAction::Close(CloseReason::ProbeFailed));
     let ev = events(&mut w);
-    assert!(ev.contains(&Event::KeepaliveFailed));
-    assert!(!ev.iter().any(|e| matches!(e, Event::ReconnectSignal(_))));
-    // Redis was only slow: both replies arrive, the client gets its own.
-    let mut bytes = PONG.to_vec();
-    bytes.extend_from_slice(b"+OK\r\n");
-    w.server(&bytes);
+    assert!(ev.contains(&Event::KeepaliveFailed), "{ev:?}");
+    assert!(ev.contains(&Event::ProbeFailed), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(e, Event::IdleDeath { .. })),
+        "{ev:?}"
+    );
+    assert!(!w.to_redis.ends_with(&cmd(&["SET", "a", "1"])));
+}
+
+#[test]
+fn a_command_behind_a_ping_follows_its_answer() {
+    let mut w = world();
+    assert_eq!(w.advance(1_000), TickAction::SendPing);
+    w.client(&cmd(&["SET", "a", "1"]));
+    w.server(PONG);
+    // Released: the adapter puts it back on the wire after the PONG.
+    assert_eq!(
+        w.to_redis_since_mark(),
+        [PING, &cmd(&["SET", "a", "1"])].concat()
+    );
+    let ev = events(&mut w);
+    assert!(ev.contains(&Event::KeepaliveAnswered), "{ev:?}");
+    assert!(
+        !ev.iter().any(|e| matches!(e, Event::ProbePassed { .. })),
+        "{ev:?}"
+    );
+    w.server(b"+OK\r\n");
     assert_eq!(w.to_client, b"+OK\r\n");
-    assert!(!w.session.is_detached());
+}
+
+#[test]
+fn redis_closing_a_busy_connection_is_a_busy_death() {
+    let mut w = world();
+    w.client(&cmd(&["GET", "a"]));
+    w.server(b"$-1\r\n");
+    w.client(&cmd(&["GET", "a"]));
+    events(&mut w);
+    assert!(!w.session.upstream_closed(10));
+    assert_eq!(events(&mut w), vec![Event::BusyDeath]);
 }
 
 #[test]

@@ -6,218 +6,12 @@
 
 mod support;
 
-use redis_idle_guard::config::Config;
-use redis_idle_guard::host::{
-    Cluster, ConnectionId, DataCallback, Host, StoreError, Stored, Upstream,
-};
-use redis_idle_guard::metrics::{Metric, UpstreamMetric};
-use redis_idle_guard::session::{Buffer, CloseReason, PING};
+use redis_idle_guard::host::Cluster;
+use redis_idle_guard::session::{CloseReason, PING};
 use redis_idle_guard::shared_cutoff::POLL_MS;
-use redis_idle_guard::upstream::UpstreamId;
-use redis_idle_guard::worker::{Verdict, Wake, Worker};
-use std::cell::RefCell;
-use std::collections::{BTreeMap, HashMap};
-use std::rc::Rc;
+use redis_idle_guard::worker::Wake;
 use support::cmd;
-
-const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
-
-/// The shared store of a process: every worker's host holds the same one.
-type Store = Rc<RefCell<HashMap<String, Stored>>>;
-
-#[derive(Default)]
-struct FakeHost {
-    /// The timer: one deadline per connection, the earliest asked for.
-    armed: BTreeMap<ConnectionId, u64>,
-    arms: usize,
-    stats: BTreeMap<&'static str, i64>,
-    upstream: BTreeMap<(String, &'static str), i64>,
-    store: Store,
-}
-
-impl Host for FakeHost {
-    fn arm(&mut self, id: ConnectionId, at: u64) {
-        self.arms += 1;
-        let slot = self.armed.entry(id).or_insert(at);
-        *slot = (*slot).min(at);
-    }
-    fn add(&mut self, metric: Metric, by: i64) {
-        *self.stats.entry(metric.name()).or_default() += by;
-    }
-    fn record(&mut self, metric: Metric, value: u64) {
-        self.stats.insert(metric.name(), value as i64);
-    }
-    fn define_upstream(&mut self, _upstream: UpstreamId, _cluster: &str) {}
-    fn upstream_add(&mut self, (_, cluster): Upstream, metric: UpstreamMetric, by: i64) {
-        *self
-            .upstream
-            .entry((cluster.to_string(), metric.suffix()))
-            .or_default() += by;
-    }
-    fn upstream_record(&mut self, (_, cluster): Upstream, metric: UpstreamMetric, value: u64) {
-        self.upstream
-            .insert((cluster.to_string(), metric.suffix()), value as i64);
-    }
-    fn shared_get(&mut self, key: &str) -> Result<Option<Stored>, StoreError> {
-        Ok(self.store.borrow().get(key).cloned())
-    }
-    fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
-        let mut store = self.store.borrow_mut();
-        let current = store.get(key).map_or(0, |(_, c)| *c);
-        if cas != 0 && cas != current {
-            return Err(StoreError::CasMismatch);
-        }
-        store.insert(key.to_string(), (value.to_vec(), current + 1));
-        Ok(())
-    }
-}
-
-/// A callback's bytes, edited in place.
-struct Bytes<'a>(&'a mut Vec<u8>);
-
-impl Buffer for Bytes<'_> {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]> {
-        let end = start.checked_add(len)?.min(self.0.len());
-        self.0.get(start..end)
-    }
-    fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool {
-        if upto > self.0.len() {
-            return false;
-        }
-        self.0.splice(0..upto, with.iter().copied());
-        true
-    }
-}
-
-struct Callback<'a> {
-    now: u64,
-    bytes: &'a mut Vec<u8>,
-    cluster: &'a Cluster,
-    asked: &'a mut usize,
-}
-
-impl DataCallback for Callback<'_> {
-    type Buffer<'b>
-        = Bytes<'b>
-    where
-        Self: 'b;
-    fn now(&mut self) -> Option<u64> {
-        Some(self.now)
-    }
-    fn buffer(&mut self) -> Bytes<'_> {
-        Bytes(self.bytes)
-    }
-    fn cluster(&mut self) -> Cluster {
-        *self.asked += 1;
-        self.cluster.clone()
-    }
-}
-
-/// One worker, its host, its connections' wires and a clock.
-struct Harness {
-    worker: Worker,
-    host: FakeHost,
-    now: u64,
-    cluster: Cluster,
-    asked: usize,
-    to_redis: BTreeMap<ConnectionId, Vec<u8>>,
-    to_client: BTreeMap<ConnectionId, Vec<u8>>,
-    closed: Vec<(ConnectionId, CloseReason)>,
-}
-
-impl Harness {
-    fn new(config: &str, store: &Store) -> Harness {
-        Harness {
-            worker: Worker::new(Config::parse(config.as_bytes()).unwrap()),
-            host: FakeHost {
-                store: Rc::clone(store),
-                ..FakeHost::default()
-            },
-            now: 0,
-            cluster: Cluster::Known("redis".into()),
-            asked: 0,
-            to_redis: BTreeMap::new(),
-            to_client: BTreeMap::new(),
-            closed: Vec::new(),
-        }
-    }
-
-    fn open(&mut self, id: ConnectionId) {
-        self.worker.open(&mut self.host, id, Some(self.now));
-    }
-
-    fn client(&mut self, id: ConnectionId, bytes: &[u8]) -> Verdict {
-        let mut data = bytes.to_vec();
-        let mut cb = Callback {
-            now: self.now,
-            bytes: &mut data,
-            cluster: &self.cluster,
-            asked: &mut self.asked,
-        };
-        let verdict = self
-            .worker
-            .on_client_data(&mut self.host, id, bytes.len(), false, &mut cb);
-        self.to_redis.entry(id).or_default().extend(data);
-        verdict
-    }
-
-    fn server(&mut self, id: ConnectionId, bytes: &[u8]) -> (Option<Vec<u8>>, Option<CloseReason>) {
-        let mut data = bytes.to_vec();
-        let mut cb = Callback {
-            now: self.now,
-            bytes: &mut data,
-            cluster: &self.cluster,
-            asked: &mut self.asked,
-        };
-        let out = self
-            .worker
-            .on_server_data(&mut self.host, id, bytes.len(), false, &mut cb);
-        self.to_client.entry(id).or_default().extend(data);
-        out
-    }
-
-    /// Let time pass to `t`, waking each connection at its armed deadline, in order; a PING
-    /// asked for goes to Redis.
-    fn run_until(&mut self, t: u64) {
-        loop {
-            let due = self
-                .host
-                .armed
-                .iter()
-                .filter(|(_, &at)| at <= t)
-                .min_by_key(|(_, &at)| at)
-                .map(|(&id, &at)| (id, at));
-            let Some((id, at)) = due else { break };
-            self.host.armed.remove(&id);
-            self.now = self.now.max(at);
-            match self.worker.wake(&mut self.host, id, self.now) {
-                Wake::Nothing => {}
-                Wake::SendPing => {
-                    self.to_redis.entry(id).or_default().extend_from_slice(PING);
-                    self.worker.ping_sent(&mut self.host, id, self.now);
-                }
-                Wake::Close(reason) => self.closed.push((id, reason)),
-            }
-        }
-        self.now = t;
-    }
-
-    fn pings_to(&self, id: ConnectionId) -> usize {
-        let wire = self.to_redis.get(&id).map_or(&[][..], |w| &w[..]);
-        wire.windows(PING.len()).filter(|w| *w == PING).count()
-    }
-
-    fn upstream(&self, suffix: &str) -> i64 {
-        self.host
-            .upstream
-            .get(&("redis".to_string(), suffix))
-            .copied()
-            .unwrap_or(0)
-    }
-}
+use support::harness::{Harness, Store, PONG};
 
 fn get() -> Vec<u8> {
     cmd(&["GET", "k"])
@@ -302,6 +96,9 @@ fn a_death_puts_every_connection_of_the_upstream_on_the_learned_interval() {
     h.server(2, b"$1\r\nv\r\n");
     h.run_until(9_000);
     assert_eq!(h.closed, vec![(1, CloseReason::PingTimeout)]);
+    // Judged when its burst is over (a second later, at the next poll): alone, so evidence.
+    assert_eq!(h.upstream("keepalive_interval_ms"), 8_000);
+    h.run_until(10_000);
     assert_eq!(h.upstream("idle_cutoff_ms"), 8_000);
     assert_eq!(h.upstream("keepalive_interval_ms"), 4_000);
     assert_eq!(
@@ -309,7 +106,7 @@ fn a_death_puts_every_connection_of_the_upstream_on_the_learned_interval() {
             .borrow()
             .get("redis_idle_guard.idle_cutoff.redis")
             .map(|v| v.0.clone()),
-        Some(b"8000".to_vec()),
+        Some(b"8000:4000".to_vec()),
         "published for the other workers"
     );
     // Connection 2 follows at once: its next PING comes 4 s after its last use, not 8 s.
@@ -339,12 +136,16 @@ fn another_worker_adopts_the_cutoff_within_a_poll() {
     other.run_until(7_900);
     other.client(1, &get());
     other.server(1, b"$1\r\nv\r\n");
-    other.run_until(9_000);
-    learner.run_until(9_000);
+    other.run_until(10_000);
+    learner.run_until(9_500);
     assert_eq!(learner.closed.len(), 1, "the learner's connection died");
+    // Its pool reconnects; the burst is judged at that worker's next poll.
+    learner.open_used(2);
+    learner.run_until(10_000);
+    assert_eq!(learner.upstream("keepalive_interval_ms"), 4_000);
     assert_eq!(other.upstream("keepalive_interval_ms"), 8_000);
     // The other hears of the cutoff at its next poll and keeps alive at 4 s from then on.
-    other.run_until(9_000 + POLL_MS);
+    other.run_until(10_000 + POLL_MS);
     assert_eq!(other.upstream("keepalive_interval_ms"), 4_000);
     other.run_until(11_899);
     assert_eq!(other.pings_to(1), 0);

@@ -9,13 +9,15 @@
 
 use crate::config::Config;
 use crate::context_map::ContextMap;
-use crate::duration::{format_duration, Millis};
+use crate::duration::Millis;
 use crate::host::{Cluster, ConnectionId, DataCallback, Host};
 use crate::metrics::{Metric, UpstreamMetric};
 use crate::report;
 use crate::session::{CloseReason, Event, Session, TickAction};
 use crate::shared_cutoff;
-use crate::upstream::{IntervalChange, UpstreamId, Upstreams};
+use crate::upstream::{UpstreamId, Upstreams};
+
+mod learning;
 
 /// What a data callback's bytes led to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -56,6 +58,8 @@ pub struct Worker {
     connections: ContextMap<Entry>,
     upstreams: Upstreams,
     poll: Poll,
+    /// The latest time any call brought (for events recorded by calls that bring none).
+    clock: Millis,
 }
 
 /// With learning on, one connection (the carrier) also wakes every [`shared_cutoff::POLL_MS`]
@@ -76,6 +80,7 @@ impl Worker {
             connections: ContextMap::default(),
             upstreams: Upstreams::default(),
             poll: Poll::default(),
+            clock: 0,
         }
     }
 
@@ -99,6 +104,7 @@ impl Worker {
             host.add(Metric::Passthrough, 1);
             return;
         };
+        self.clock = self.clock.max(now);
         let entry = Entry {
             session: Box::new(Session::new(&self.config, now)),
             lookups_left: UPSTREAM_LOOKUPS,
@@ -111,11 +117,21 @@ impl Worker {
 
     /// The connection is gone (its context or filter is being destroyed).
     pub fn remove(&mut self, host: &mut impl Host, id: ConnectionId) {
-        if self.connections.remove(&id).is_some() {
+        if let Some(entry) = self.connections.remove(&id) {
             host.add(Metric::Connections, -1);
+            self.end_canary_of(host, id, entry.session.upstream());
         }
         if self.poll.carrier == Some(id) {
-            self.poll.carrier = None;
+            // Hand the polls on at once: a burst of deaths waits to be judged.
+            self.poll.carrier = self.connections.keys().next().copied();
+            match self.poll.carrier {
+                Some(next) => {
+                    self.update(host, next, |_| ());
+                }
+                // No connection left on this worker to die in the burst or to carry the polls:
+                // judge now, so that the other workers hear of it.
+                None => self.judge_now(host),
+            }
         }
     }
 
@@ -137,9 +153,11 @@ impl Worker {
         let Some(entry) = self.connections.get_mut(&id) else {
             return Verdict::default();
         };
-        if entry.lookups_left > 0 {
-            identify(&mut self.upstreams, &self.config, host, id, entry, callback);
-        }
+        let identified = if entry.lookups_left > 0 {
+            identify(&mut self.upstreams, &self.config, host, id, entry, callback)
+        } else {
+            None
+        };
         let s = &mut entry.session;
         if !end_of_stream && s.skip_client_payload(size) {
             return Verdict::default();
@@ -147,6 +165,7 @@ impl Worker {
         let Some(now) = callback.now() else {
             return Verdict::default();
         };
+        self.clock = self.clock.max(now);
         // Before the data: bytes held by a probe must go out ahead of the client's FIN.
         if end_of_stream {
             s.client_closed();
@@ -158,6 +177,7 @@ impl Worker {
         };
         let pending = settle(&mut self.poll, &self.config, host, id, s);
         self.record(host, id, pending);
+        self.identified(host, identified);
         verdict
     }
 
@@ -176,9 +196,11 @@ impl Worker {
         let Some(entry) = self.connections.get_mut(&id) else {
             return (None, None);
         };
-        if entry.lookups_left > 0 {
-            identify(&mut self.upstreams, &self.config, host, id, entry, callback);
-        }
+        let identified = if entry.lookups_left > 0 {
+            identify(&mut self.upstreams, &self.config, host, id, entry, callback)
+        } else {
+            None
+        };
         let s = &mut entry.session;
         if !end_of_stream && s.skip_server_payload(size) {
             return (None, None);
@@ -193,6 +215,7 @@ impl Worker {
         let Some(now) = hint.or_else(|| callback.now()) else {
             return (None, None);
         };
+        self.clock = self.clock.max(now);
         s.on_server_data(now, &mut callback.buffer());
         // Redis's FIN, on its way to the client: tcp_proxy closes the client connection next.
         // While the client is idle, that close is the reconnect signal.
@@ -203,7 +226,16 @@ impl Worker {
         let close = s.take_close();
         let pending = settle(&mut self.poll, &self.config, host, id, s);
         self.record(host, id, pending);
+        self.identified(host, identified);
         (release, close)
+    }
+
+    /// A connection's upstream became known: with learning on, it starts on what every worker
+    /// learned so far.
+    fn identified(&mut self, host: &mut impl Host, upstream: Option<UpstreamId>) {
+        if let (Some(upstream), Some(_)) = (upstream, self.config.learn) {
+            self.adopt_one(host, upstream);
+        }
     }
 
     /// Run `f` on the session of `id`, then settle it. None when `id` is not tracked.
@@ -237,6 +269,7 @@ impl Worker {
     /// The connection closed. `by_envoy`: Envoy closed it (tcp_proxy after Redis closed or
     /// reset, or its idle timeout); otherwise the client did.
     pub fn closed(&mut self, host: &mut impl Host, id: ConnectionId, by_envoy: bool, now: Millis) {
+        self.clock = self.clock.max(now);
         self.update(host, id, |s| {
             if by_envoy {
                 s.upstream_closed(now);
@@ -253,28 +286,31 @@ impl Worker {
 
     /// The connection's timer fired (or a tick found it due).
     pub fn wake(&mut self, host: &mut impl Host, id: ConnectionId, now: Millis) -> Wake {
+        self.clock = self.clock.max(now);
         if self.poll.carrier == Some(id) && now >= self.poll.next {
             self.poll.next = now + shared_cutoff::POLL_MS;
-            self.adopt_shared(host);
+            self.poll_learning(host, now);
         }
         let Some(entry) = self.connections.get_mut(&id) else {
             return Wake::Nothing;
         };
-        let s = &mut entry.session;
-        s.armed = None;
-        let wake = match s.on_tick(now) {
+        entry.session.armed = None;
+        let action = entry.session.on_tick(now);
+        let wake = match action {
+            // A re-test of the learned cutoff idles this connection longer instead.
+            TickAction::SendPing if self.start_canary(id, now) => Wake::Nothing,
             // Settled by ping_sent or ping_refused: re-arming now would arm a past deadline.
             TickAction::SendPing => return Wake::SendPing,
             TickAction::Close(reason) => Wake::Close(reason),
             TickAction::None => Wake::Nothing,
         };
-        let pending = settle(&mut self.poll, &self.config, host, id, s);
-        self.record(host, id, pending);
+        self.update(host, id, |_| ());
         wake
     }
 
     /// The PING [`Wake::SendPing`] asked for is on its way to Redis.
     pub fn ping_sent(&mut self, host: &mut impl Host, id: ConnectionId, now: Millis) {
+        self.clock = self.clock.max(now);
         self.update(host, id, |s| s.ping_sent(now));
     }
 
@@ -303,83 +339,7 @@ impl Worker {
             .map_or("", |u| u.cluster.as_str());
         report::events(host, id, upstream, cluster, &events);
         if self.config.learn.is_some() {
-            for event in &events {
-                self.learn(host, upstream, event);
-            }
-        }
-    }
-
-    /// What one event teaches about its upstream's idle cutoff.
-    fn learn(&mut self, host: &mut impl Host, upstream: UpstreamId, event: &Event) {
-        let before = self
-            .upstreams
-            .get(upstream)
-            .and_then(|u| u.cutoff.estimate());
-        let Some(change) = self.upstreams.observe(upstream, event, self.config.learn) else {
-            return;
-        };
-        let why = match event {
-            Event::IdleDeath { idle_ms } => format!(
-                "a connection died after {} of silence, so the path's idle cutoff is at most that",
-                format_duration(*idle_ms)
-            ),
-            Event::IdleSurvived { idle_ms } => format!(
-                "a connection survived {} of silence, longer than the learned cutoff: forgetting it",
-                format_duration(*idle_ms)
-            ),
-            _ => "new evidence".to_string(),
-        };
-        if let Some(u) = self.upstreams.get(upstream) {
-            let (cluster, estimate) = (u.cluster.clone(), u.cutoff.estimate());
-            shared_cutoff::publish(host, &cluster, estimate, before);
-        }
-        self.apply(host, change, &why);
-    }
-
-    /// Take what other workers learned (see shared_cutoff).
-    fn adopt_shared(&mut self, host: &mut impl Host) {
-        for index in 0..self.upstreams.len() {
-            let id = UpstreamId::try_from(index + 1).unwrap_or(0);
-            let Some(cluster) = self.upstreams.get(id).map(|u| u.cluster.clone()) else {
-                continue;
-            };
-            let Some((estimate, cas)) = shared_cutoff::read(host, &cluster) else {
-                continue;
-            };
-            if let Some(change) = self.upstreams.adopt(id, estimate, cas, self.config.learn) {
-                let why = match estimate {
-                    Some(ms) => format!(
-                        "another worker learned that the path's idle cutoff is at most {}",
-                        format_duration(ms)
-                    ),
-                    None => "another worker forgot the learned cutoff".to_string(),
-                };
-                self.apply(host, change, &why);
-            }
-        }
-    }
-
-    /// An upstream's learned interval changed: every connection to it follows at once.
-    fn apply(&mut self, host: &mut impl Host, change: IntervalChange, why: &str) {
-        let Some(upstream) = self.upstreams.get(change.upstream) else {
-            return;
-        };
-        log::info!(
-            "upstream {}: {why}; keepalive interval now {}",
-            upstream.cluster,
-            format_duration(change.interval)
-        );
-        let estimate = upstream.cutoff.estimate().unwrap_or(0);
-        let up = (change.upstream, upstream.cluster.as_str());
-        host.upstream_record(up, UpstreamMetric::IdleCutoffMs, estimate);
-        host.upstream_record(up, UpstreamMetric::KeepaliveIntervalMs, change.interval);
-        for (&id, entry) in self.connections.iter_mut() {
-            let s = &mut entry.session;
-            if s.upstream() == change.upstream && s.keepalive_interval() != Some(change.interval) {
-                s.set_keepalive_interval(Some(change.interval));
-                let deadline = s.next_deadline();
-                arm(host, id, s, deadline);
-            }
+            self.learn(host, id, upstream, &events);
         }
     }
 
@@ -413,7 +373,7 @@ fn settle(
 }
 
 /// Look up the connection's upstream cluster (on at most [`UPSTREAM_LOOKUPS`] callbacks) and
-/// put the connection on what was learned about it.
+/// put the connection on what this worker learned about it; the upstream, once identified.
 fn identify(
     upstreams: &mut Upstreams,
     config: &Config,
@@ -421,21 +381,19 @@ fn identify(
     id: ConnectionId,
     entry: &mut Entry,
     callback: &mut impl DataCallback,
-) {
+) -> Option<UpstreamId> {
     entry.lookups_left -= 1;
     let cluster = match callback.cluster() {
         Cluster::Known(cluster) => cluster,
-        Cluster::NotYet => return,
+        Cluster::NotYet => return None,
         Cluster::Unknowable => {
             log::debug!("connection {id}: no upstream cluster; global stats only");
             entry.lookups_left = 0;
-            return;
+            return None;
         }
     };
     entry.lookups_left = 0;
-    let Some((upstream, new)) = upstreams.register(&cluster) else {
-        return;
-    };
+    let (upstream, new) = upstreams.register(&cluster)?;
     let learned = upstreams.interval(upstream, config.learn);
     if new {
         host.define_upstream(upstream, &cluster);
@@ -450,6 +408,7 @@ fn identify(
         entry.session.set_keepalive_interval(Some(interval));
     }
     log::debug!("connection {id} goes to upstream {cluster}");
+    Some(upstream)
 }
 
 /// Ask the host to wake `id` at `deadline` if that is earlier than what is armed (a deadline

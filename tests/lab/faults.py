@@ -463,6 +463,27 @@ class BlackHole(Fault):
     # their entries would let them come back to life as new, unmarked flows.
 
 
+class Outage(Fault):
+    """A path outage from arm() to disarm(): the router drops every packet to and from Redis,
+    new connections included (a black hole that ends). Flows that survive it carry on after."""
+
+    key = "o"
+    title = "path outage (every packet dropped while armed)"
+
+    def _rules(self, op: str) -> None:
+        for direction in ("-d", "-s"):
+            self.topology.iptables(op, "FORWARD", direction, self.topology.redis_addr,
+                                   "-j", "DROP")
+
+    def arm(self) -> None:
+        super().arm()
+        self._rules("-I")
+
+    def disarm(self) -> None:
+        super().disarm()
+        self._rules("-D")
+
+
 class SlowRedis(Fault):
     """(f) From arm() to disarm(), Redis is busy: `DEBUG SLEEP stall_s` back to back (with
     `gap_s` between), so every reply, the filter's PONGs included, comes up to stall_s late.

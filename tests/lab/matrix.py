@@ -4,6 +4,12 @@ Envoy chain, for which client.
 
     .venv/bin/python tests/lab/matrix.py --short --module $WASM   # what `make demo` runs (~1 min)
     .venv/bin/python tests/lab/matrix.py --module $WASM           # the full matrix (~2.5 min)
+    .venv/bin/python tests/lab/matrix.py --defaults 30 --module $WASM   # the defaults (~7 min)
+
+`--defaults C` checks the filter's default configuration instead of a tuned one: the path's
+cutoff is C seconds (NAT silent drop, NAT reset, Redis `timeout`), the idle spell 1.5 C, and the
+filter runs its defaults scaled by C / 30 (C = 30: the plain defaults, `{}`); `make test` runs it
+with C = 3.
 
 Faults (tests/lab/faults.py): (a) NAT forgets idle flows, silent drop; (b) same, TCP reset;
 (c) Redis `timeout`; (d) Redis restarted while idle; (e) black hole from mid-idle; (f) slow
@@ -84,6 +90,23 @@ class Settings:
     tcp_keepalive: Tuple[int, int, int] = (1, 1, 2)  # chain 2: time, interval, probes (s, s, n)
     lead_s: float = 1.0            # from a round's start to its first command (node start-up)
     spread_s: float = 0.2          # first commands of the sessions are spread over this
+    # The filter's configuration, instead of keepalive/ping_timeout above (--defaults).
+    guard_config: Optional[Tuple[Tuple[str, str], ...]] = None
+    guard_label: str = ""
+
+
+# The filter's defaults (src/config.rs): they cover every cutoff of 30 s or more.
+DEFAULTS_CUTOFF_S = 30
+DEFAULTS = (("keepalive_interval", 15.0), ("ping_timeout", 5.0), ("probe_after", 25.0))
+
+
+def scaled_defaults(cutoff_s: float) -> Tuple[Tuple[str, str], ...]:
+    """The defaults for a path whose cutoff is `cutoff_s` instead of 30 s (all times scaled
+    alike); the plain defaults, `{}`, at 30 s."""
+    if cutoff_s == DEFAULTS_CUTOFF_S:
+        return ()
+    k = cutoff_s / DEFAULTS_CUTOFF_S
+    return tuple((name, f"{round(v * k * 1000)}ms") for name, v in DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -103,8 +126,9 @@ def _chains() -> List[Chain]:
         Chain("idle_timeout", "tcp_proxy idle_timeout", lambda s, w: {
             "idle_timeout": s.tcp_idle_timeout}),
         Chain("guard", "tcp_proxy + redis-idle-guard", lambda s, w: {
-            "module": w, "plugin_config": {"keepalive_interval": s.keepalive,
-                                         "ping_timeout": s.ping_timeout}}),
+            "module": w, "plugin_config": (
+                dict(s.guard_config) if s.guard_config is not None else
+                {"keepalive_interval": s.keepalive, "ping_timeout": s.ping_timeout})}),
     ]
 
 
@@ -119,6 +143,8 @@ def chain_title(chain: Chain, s: Settings) -> str:
     if chain.key == "idle_timeout":
         return f"+idle_timeout {s.tcp_idle_timeout}"
     if chain.key == "guard":
+        if s.guard_config is not None:
+            return f"+redis-idle-guard {s.guard_label}"
         return f"+redis-idle-guard {s.keepalive}/{s.ping_timeout}"
     return chain.label
 
@@ -662,6 +688,9 @@ def main() -> int:
     ap.add_argument("--faults", default=FAULT_KEYS, help="which faults, e.g. 'ace' (default all)")
     ap.add_argument("--idle", type=float, default=4.0, help="idle spell in seconds (default 4)")
     ap.add_argument("--out", type=Path, default=None, help="directory for the .md/.csv files")
+    ap.add_argument("--defaults", type=float, default=None, metavar="CUTOFF",
+                    help="check the filter's defaults (scaled by CUTOFF/30) against cutoffs of "
+                         "CUTOFF seconds (faults a, b, c; idle 1.5 × CUTOFF)")
     ap.add_argument("--strict", action="store_true",
                     help="exit 1 if a claim for the filter column fails (default: report only; "
                          "a harness error always exits 1)")
@@ -677,7 +706,22 @@ def main() -> int:
     mode = "short" if args.short else "full"
     clients = list(CLIENTS) + ([] if args.short else list(EXTRA_CLIENTS))
     s = Settings(rounds=args.rounds or (1 if args.short else 3), idle_s=args.idle)
-    faults = [make_fault(k, s.cutoff_s, s.stall_s) for k in args.faults]
+    fault_keys = args.faults
+    if args.defaults is not None:
+        c = args.defaults
+        config = scaled_defaults(c)
+        label = ("defaults" if not config else
+                 "defaults ×" + f"{c / DEFAULTS_CUTOFF_S:g} " + "/".join(v for _, v in config))
+        # The clients' timeout stays short: a command that hangs is an error either way.
+        if c != int(c) or c < 1:
+            print("error: --defaults takes a whole number of seconds (a conntrack timeout)",
+                  file=sys.stderr)
+            return 2
+        s = Settings(rounds=s.rounds, idle_s=1.5 * c, cutoff_s=int(c),
+                     tcp_idle_timeout=f"{c / 2:g}s", guard_config=config, guard_label=label)
+        fault_keys = "abc" if args.faults == FAULT_KEYS else args.faults
+        mode = f"defaults-{c:g}s-{mode}"
+    faults = [make_fault(k, s.cutoff_s, s.stall_s) for k in fault_keys]
     out_dir = args.out or Path(os.environ.get("LAB_DIR", REPO_ROOT / ".lab"))
     install_sigterm_handler()
     t_start = time.monotonic()

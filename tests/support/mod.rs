@@ -1,6 +1,8 @@
 //! A fake world around one Session: Vec-backed host buffers and a fake clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing)]
 
+pub mod harness;
+
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{Buffer, Session, TickAction, PING};
 
@@ -79,6 +81,10 @@ impl World {
         self.session.on_server_data(self.now, &mut b);
         self.bytes_read += b.bytes_read;
         self.to_client.extend_from_slice(&b.data);
+        // Held client bytes released by this answer go to Redis, as an adapter sends them.
+        if let Some(held) = self.session.take_release() {
+            self.to_redis.extend_from_slice(&held);
+        }
     }
 
     /// Advance the clock and run one tick; a SendPing is carried out (the PING reaches Redis).
