@@ -7,9 +7,11 @@
 //! adapter does not even fetch them from the host (see [`Framer::skippable`]).
 
 mod error;
+mod frame;
 mod framer;
 mod parked;
 
 pub use error::RespError;
-pub use framer::{Capture, Frame, FrameKind, Framer, Limits, Side, CAPTURE_ITEMS, CAPTURE_LEN};
+pub use frame::{Capture, Frame, FrameKind, Limits, Side, CAPTURE_ITEMS, CAPTURE_LEN};
+pub use framer::Framer;
 pub use parked::ParkedFramer;
