@@ -6,7 +6,9 @@
   silently prunes unknown fields from structural schemas; a pruned field is a setting that never
   reaches Istio, so here it is an error (except under `x-kubernetes-preserve-unknown-fields`,
   i.e. WasmPlugin.pluginConfig and EnvoyFilter patch values, which are checked by Envoy below).
-- The fields that matter for this filter have the values the docs promise.
+- The fields that matter for this filter have the values the docs promise; the ServiceEntry
+  claims the WasmPlugin's port for a Redis outside the mesh, and the Sidecar example in its
+  comments validates too.
 - The WasmPlugin's pluginConfig, serialized as istiod does (JSON in a StringValue), and the
   EnvoyFilter's patch value, both run through `envoy --mode validate` with the built module, which
   runs the module's configure step: an unknown field or a bad value fails there.
@@ -21,7 +23,9 @@ import copy
 import gzip
 import hashlib
 import io
+import ipaddress
 import json
+import posixpath
 import re
 import subprocess
 import tarfile
@@ -43,7 +47,9 @@ def wasm(wasm_module) -> Path:
     """The Wasm build, which the Istio manifests ship."""
     return wasm_module.path
 CRD_FILE = REPO_ROOT / "tests" / "manifests" / "istio-crds-1.30.3.yaml"
+DR_FILE, DR_TLS_FILE = "destinationrule.yaml", "destinationrule-tls.yaml"  # one is used, not both
 REDIS_PORT = 6379
+DEFAULT_MAX_KEEPALIVE_INTERVAL = "15s"  # src/config.rs, DEFAULT_MAX_KEEPALIVE
 
 
 # -- loading ---------------------------------------------------------------------------------
@@ -77,9 +83,11 @@ def _crds() -> Dict[Tuple[str, str], Dict[str, Any]]:
 CRDS = _crds()
 
 
-def _only(kind: str) -> Dict[str, Any]:
-    found = [doc for _, _, doc in MANIFESTS if isinstance(doc, dict) and doc.get("kind") == kind]
-    assert len(found) == 1, f"expected exactly one {kind} in envoy/istio/, found {len(found)}"
+def _only(kind: str, file: Optional[str] = None) -> Dict[str, Any]:
+    found = [doc for name, _, doc in MANIFESTS if isinstance(doc, dict) and doc.get("kind") == kind
+             and file in (None, name)]
+    where = f"envoy/istio/{file or ''}"
+    assert len(found) == 1, f"expected exactly one {kind} in {where}, found {len(found)}"
     return found[0]
 
 
@@ -169,6 +177,24 @@ CEL_RULES = {
     'has(self.context) ? ((self.context == "WAYPOINT") ? has(self.waypoint) : !has(self.waypoint)) '
     ': !has(self.waypoint)':
         lambda v: ("waypoint" in v) == (v.get("context") == "WAYPOINT"),
+    # ServiceEntry
+    "(has(self.workloadSelector) ? 1 : 0) + (has(self.endpoints) ? 1 : 0) <= 1":
+        lambda v: sum(k in v for k in ("workloadSelector", "endpoints")) <= 1,
+    '!((has(self.addresses) ? self.addresses : []).exists(k, k.contains("/")) && '
+    '!((has(self.resolution) ? self.resolution : "NONE") in ["STATIC", "NONE"]))':
+        lambda v: not (any("/" in a for a in v.get("addresses", []))
+                       and v.get("resolution", "NONE") not in ("STATIC", "NONE")),
+    '((has(self.resolution) ? self.resolution : "NONE") == "NONE") ? !has(self.endpoints) : true':
+        lambda v: v.get("resolution", "NONE") != "NONE" or "endpoints" not in v,
+    '((has(self.resolution) ? self.resolution : "") == "DNS_ROUND_ROBIN") ? '
+    '((has(self.endpoints) ? self.endpoints : []).size() <= 1) : true':
+        lambda v: v.get("resolution") != "DNS_ROUND_ROBIN" or len(v.get("endpoints", [])) <= 1,
+    'self != "*"':
+        lambda v: v != "*",
+    "self.all(l1, self.exists_one(l2, l1.number == l2.number))":
+        lambda v: all(sum(p.get("number") == q.get("number") for q in v) == 1 for p in v),
+    "0 < self && self <= 65535":
+        lambda v: 0 < v <= 65535,
 }
 
 
@@ -217,7 +243,8 @@ def _schema_errors(doc: Dict[str, Any]) -> List[str]:
 
 def test_manifests_exist():
     kinds = sorted(doc.get("kind") for _, _, doc in MANIFESTS)
-    assert kinds == ["DestinationRule", "EnvoyFilter", "WasmPlugin"], kinds
+    assert kinds == ["DestinationRule", "DestinationRule", "EnvoyFilter", "ServiceEntry",
+                     "WasmPlugin"], kinds
 
 
 @pytest.mark.parametrize("entry", MANIFESTS, ids=[_doc_id(e) for e in MANIFESTS])
@@ -237,7 +264,7 @@ def test_schema_check_catches_mistakes():
     errors = "\n".join(_schema_errors(wasm))
     assert "FAIL_OPEN_PLEASE" in errors and "numbr" in errors and "schema one of" in errors, errors
 
-    dr = copy.deepcopy(_only("DestinationRule"))
+    dr = copy.deepcopy(_only("DestinationRule", DR_FILE))
     dr["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["tcpKeepalive"]["time"] = "0.1ms"
     dr["spec"]["trafficPolicy"]["connectionPool"]["tcp"]["keepalive"] = True
     errors = "\n".join(_schema_errors(dr))
@@ -291,7 +318,7 @@ def test_envoyfilter_and_wasmplugin_configure_the_filter_alike():
 
 
 def test_destinationrule_keepalive_complements_the_filter():
-    spec = _only("DestinationRule")["spec"]
+    spec = _only("DestinationRule", DR_FILE)["spec"]
     tcp = spec["trafficPolicy"]["connectionPool"]["tcp"]
     ka = tcp["tcpKeepalive"]
     assert {"time", "interval", "probes"} <= set(ka)
@@ -302,10 +329,85 @@ def test_destinationrule_keepalive_complements_the_filter():
     # kernel detection fits inside the shortest common NAT cutoff (Azure LB, 4 min).
     plugin = _only("WasmPlugin")["spec"]["pluginConfig"]
     longest = plugin.get("max_keepalive_interval") or plugin.get("keepalive_interval")
+    if longest == "auto":
+        longest = DEFAULT_MAX_KEEPALIVE_INTERVAL  # "auto" never keeps alive less often
     assert time_s > go_duration_seconds(longest)
     assert time_s < 240
     idle = go_duration_seconds(tcp.get("idleTimeout", "1h"))
     assert idle == 0 or idle > go_duration_seconds(longest), "keepalives must reset idleTimeout"
+
+
+def test_destinationrule_tls_originates_tls_and_keeps_the_pool_settings():
+    """destinationrule-tls.yaml replaces destinationrule.yaml for a TLS Redis (Istio keeps one
+    top-level trafficPolicy per host): same host and connectionPool, plus tls SIMPLE with the
+    SNI and certificate name set (a TCP route has no Host header to take them from)."""
+    plain = _only("DestinationRule", DR_FILE)["spec"]
+    tls_dr = _only("DestinationRule", DR_TLS_FILE)["spec"]
+    assert tls_dr["host"] == plain["host"]
+    assert tls_dr["trafficPolicy"]["connectionPool"] == plain["trafficPolicy"]["connectionPool"]
+    tls = tls_dr["trafficPolicy"]["tls"]
+    assert tls["mode"] == "SIMPLE"
+    assert tls["sni"] and tls["sni"] in tls["subjectAltNames"]
+    assert not tls.get("insecureSkipVerify"), "the server certificate must be checked"
+    assert "clientCertificate" not in tls and "privateKey" not in tls  # those are MUTUAL's
+    assert bool(tls.get("caCertificates")) != bool(tls.get("credentialName")), tls
+
+
+# -- a Redis outside the mesh (serviceentry.yaml) ---------------------------------------------
+
+def test_serviceentry_claims_the_redis_addresses_for_the_filter():
+    """What makes istiod build a filtered chain for a Redis outside the mesh: a TCP port that
+    the WasmPlugin matches, resolution NONE (ORIGINAL_DST: a connection keeps the address it
+    asked for, so redirects to node IPs stay covered), CIDR addresses (only that range is
+    claimed), exported to the application's namespace only."""
+    se = _only("ServiceEntry")
+    spec = se["spec"]
+    plugin = _only("WasmPlugin")
+    matched = {p["number"] for m in plugin["spec"]["match"] for p in m["ports"]}
+    (port,) = spec["ports"]
+    assert port["number"] in matched and port["protocol"] == "TCP", port
+    assert spec["location"] == "MESH_EXTERNAL" and spec["resolution"] == "NONE"
+    assert spec["addresses"] and all(ipaddress.ip_network(a) for a in spec["addresses"])
+    assert "endpoints" not in spec and "workloadSelector" not in spec
+    assert spec["exportTo"] == ["."]
+    assert se["metadata"]["namespace"] == plugin["metadata"]["namespace"]
+
+
+def _commented_yaml(file: str, kind: str) -> Dict[str, Any]:
+    """The example document of `kind` written in the comments of envoy/istio/<file>: the run of
+    '#   ' lines around '#   kind: <kind>', without that prefix."""
+    lines = (ISTIO_DIR / file).read_text().splitlines()
+    at = lines.index(f"#   kind: {kind}")
+    start = at
+    while start > 0 and lines[start - 1].startswith("#   "):
+        start -= 1
+    end = at
+    while end < len(lines) and lines[end].startswith("#   "):
+        end += 1
+    return yaml.safe_load("\n".join(ln[4:] for ln in lines[start:end]))
+
+
+def test_serviceentry_sidecar_example_validates_and_keeps_the_entry():
+    """The Sidecar shown in serviceentry.yaml is valid and keeps the ServiceEntry in scope."""
+    sidecar = _commented_yaml("serviceentry.yaml", "Sidecar")
+    errors = _schema_errors(sidecar)
+    assert not errors, "\n  ".join(errors)
+    se = _only("ServiceEntry")
+    hosts = [h for egress in sidecar["spec"]["egress"] for h in egress["hosts"]]
+    assert sidecar["metadata"]["namespace"] == se["metadata"]["namespace"]
+    assert "./*" in hosts and f"./{se['spec']['hosts'][0]}" in hosts, hosts
+
+
+def test_serviceentry_schema_check_catches_mistakes():
+    """Negative control: what the API server would refuse in a ServiceEntry."""
+    se = copy.deepcopy(_only("ServiceEntry"))
+    se["spec"]["resolution"] = "DNS"  # CIDR addresses need NONE or STATIC
+    se["spec"]["location"] = "EXTERNAL"
+    se["spec"]["ports"].append(dict(se["spec"]["ports"][0], name="tcp-redis-2"))
+    errors = "\n".join(_schema_errors(se))
+    assert "CIDR addresses are allowed only for NONE/STATIC" in errors, errors
+    assert "'EXTERNAL' is not one of" in errors, errors
+    assert "port number cannot be duplicated" in errors, errors
 
 
 # -- envoy --mode validate -------------------------------------------------------------------
@@ -349,20 +451,42 @@ def _bootstrap_with(network_filter: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def _wasmplugin_as_istiod_builds_it(wasm: Path, plugin_config_json: str) -> Dict[str, Any]:
+# What istiod makes of the WasmPlugin, by release (istio/istio pilot/pkg/model/extensions.go at
+# each tag; 1.30: pilot/pkg/config/kube/extensions/translate.go first turns a WasmPlugin into a
+# TrafficExtension named <name>~istio-translated-wasmplugin): (release, ECDS filter name prefix,
+# plugin name suffix, how failStrategy FAIL_OPEN is written). 1.25-1.28 write `failure_policy`
+# only for proxies >= 1.25 and the legacy `fail_open: true` for older ones; 1.20-1.24 always
+# `fail_open`; 1.29 and later always `failure_policy`.
+ISTIOD_RELEASES = [
+    ("1.20", "", "", "fail_open"),
+    ("1.21-1.24", "extensions.istio.io/wasmplugin/", "", "fail_open"),
+    ("1.25-1.28, proxy < 1.25", "extensions.istio.io/wasmplugin/", "", "fail_open"),
+    ("1.25-1.28, proxy >= 1.25", "extensions.istio.io/wasmplugin/", "", "failure_policy"),
+    ("1.29", "extensions.istio.io/wasmplugin/", "", "failure_policy"),
+    ("1.30", "extensions.istio.io/trafficextension/", "~istio-translated-wasmplugin",
+     "failure_policy"),
+]
+
+
+def _wasmplugin_as_istiod_builds_it(wasm: Path, plugin_config_json: str,
+                                    release=ISTIOD_RELEASES[-1]) -> Dict[str, Any]:
     """The network filter istiod sends (by ECDS) for our WasmPlugin, after istio-agent has swapped
     the oci:// source for the pulled file (istio/istio pilot/pkg/model/extensions.go,
     buildWasmConfig: name = namespace.name, root_id = pluginName, pluginConfig as JSON in a
-    StringValue, FAIL_OPEN -> failure_policy FAIL_OPEN, runtime v8)."""
+    StringValue, FAIL_OPEN as `release` writes it, runtime v8)."""
     doc = _only("WasmPlugin")
+    _, prefix, suffix, fail_field = release
+    plugin_name = f"{doc['metadata']['namespace']}.{doc['metadata']['name']}{suffix}"
+    assert doc["spec"]["failStrategy"] == "FAIL_OPEN"
+    fail = {"fail_open": True} if fail_field == "fail_open" else {"failure_policy": "FAIL_OPEN"}
     return {
-        "name": "extensions.istio.io/wasmplugin/default.redis-idle-guard",
+        "name": prefix + plugin_name,
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm",
             "config": {
-                "name": f"{doc['metadata']['namespace']}.{doc['metadata']['name']}",
+                "name": plugin_name,
                 "root_id": doc["spec"]["pluginName"],
-                "failure_policy": doc["spec"]["failStrategy"],
+                **fail,
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
                     "value": plugin_config_json,
@@ -382,12 +506,24 @@ def _istio_json(struct: Dict[str, Any]) -> str:
     return json.dumps(struct, separators=(",", ":"))
 
 
-def test_wasmplugin_config_loads_in_envoy(wasm, tmp_path):
-    """The WasmPlugin's pluginConfig, as istiod delivers it, passes the module's configure step."""
+@pytest.mark.parametrize("release", ISTIOD_RELEASES, ids=[r[0] for r in ISTIOD_RELEASES])
+def test_wasmplugin_config_loads_in_envoy(wasm, tmp_path, release):
+    """The WasmPlugin's pluginConfig, as each istiod release delivers it, passes the module's
+    configure step."""
     plugin_config = _istio_json(_only("WasmPlugin")["spec"]["pluginConfig"])
-    rc, out = _envoy_validate(_bootstrap_with(_wasmplugin_as_istiod_builds_it(wasm, plugin_config)),
-                              tmp_path, "wasmplugin")
+    filt = _wasmplugin_as_istiod_builds_it(wasm, plugin_config, release)
+    rc, out = _envoy_validate(_bootstrap_with(filt), tmp_path, "wasmplugin")
     assert rc == 0, f"pluginConfig {plugin_config} rejected:\n{out[-3000:]}"
+
+
+def test_envoy_refuses_both_failure_fields(wasm, tmp_path):
+    """Why istiod writes one field or the other: Envoy rejects a plugin that sets both
+    (source/extensions/common/wasm/wasm.cc, PluginConfig)."""
+    plugin_config = _istio_json(_only("WasmPlugin")["spec"]["pluginConfig"])
+    filt = _wasmplugin_as_istiod_builds_it(wasm, plugin_config)
+    filt["typed_config"]["config"]["fail_open"] = True
+    rc, out = _envoy_validate(_bootstrap_with(filt), tmp_path, "wasmplugin-both")
+    assert rc != 0 and "only one of fail_open or failure_policy" in out, out[-3000:]
 
 
 def test_validate_run_would_catch_a_bad_plugin_config(wasm, tmp_path):
@@ -496,6 +632,71 @@ def test_dockerfile_packages_plugin_wasm_from_scratch(wasm):
     assert dest.lstrip("./") == "plugin.wasm" and not dest.endswith("/"), dest
 
 
+def test_dockerfile_instructions_build_one_manifest():
+    """The documented build makes a single linux/amd64 image manifest, whose digest is the one
+    istio-agent checks (an index digest never matches, see the Dockerfile)."""
+    text = (ISTIO_DIR / "Dockerfile").read_text()
+    build = text[text.index("docker buildx build"):].split("--push")[0]
+    for flag in ("-f envoy/istio/Dockerfile", "--platform linux/amd64", "--provenance=false",
+                 "--sbom=false"):
+        assert flag in build, f"{flag} missing from the documented build: {build}"
+
+
+def _dockerignore() -> List[str]:
+    lines = (REPO_ROOT / ".dockerignore").read_text().splitlines()
+    return [ln.strip() for ln in lines if ln.strip() and not ln.strip().startswith("#")]
+
+
+def _go_match(pattern: str, path: str) -> bool:
+    """Go's filepath.Match, as Docker applies it to .dockerignore patterns, plus `**`."""
+    rx, i = "", 0
+    while i < len(pattern):
+        if pattern.startswith("**", i):
+            rx, i = rx + ".*", i + 2
+            continue
+        c = pattern[i]
+        if c == "[":
+            end = pattern.index("]", i)
+            rx, i = rx + pattern[i:end + 1].replace("[!", "[^"), end + 1
+            continue
+        rx += {"*": "[^/]*", "?": "[^/]"}.get(c, re.escape(c))
+        i += 1
+    return re.fullmatch(rx, path) is not None
+
+
+def docker_ignored(path: str, patterns: List[str]) -> bool:
+    """Whether `docker build` leaves `path` (relative to the context) out of the context: the
+    last pattern that matches the path or one of its parent directories decides, `!` keeps
+    (moby patternmatcher, MatchesOrParentMatches)."""
+    ignored, parts = False, path.split("/")
+    for pattern in patterns:
+        keep = pattern.startswith("!")
+        pattern = posixpath.normpath(pattern.lstrip("!")).lstrip("/")
+        if any(_go_match(pattern, "/".join(parts[:n])) for n in range(1, len(parts) + 1)):
+            ignored = not keep
+    return ignored
+
+
+def test_dockerignore_sends_only_the_module(wasm):
+    """The build context (the repository root) is the module alone: the COPY source exists after
+    `make build` and is sent; every other file is not (.venv and target/ alone are gigabytes)."""
+    patterns = _dockerignore()
+    _, src, _ = _dockerfile()
+    assert (REPO_ROOT / src).is_file(), f"{src} does not exist: run `make build`"
+    assert not docker_ignored(src, patterns)
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+                            cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    others = listed.stdout.split() + [
+        ".venv/bin/python", ".git/HEAD", ".lab/run-1/envoy.log",
+        "target/release/libredis_idle_guard.so",
+        "target/wasm32-unknown-unknown/release/deps/redis_idle_guard.wasm"]
+    assert len(others) > 20
+    sent = [p for p in others if p != src and not docker_ignored(p, patterns)]
+    assert sent == [], f"sent to the Docker daemon besides the module: {sent[:20]}"
+    # The matcher itself: without the file everything is sent; a directory pattern covers its files.
+    assert not docker_ignored("README.md", []) and docker_ignored("a/b/c", ["a"])
+
+
 def _sha(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -554,3 +755,33 @@ def test_image_layout_gives_istio_agent_the_module(wasm, tmp_path):
     assert module[:4] == b"\0asm"
     _oci_image_layout(module, dest, tmp_path / "image")
     assert _extract_like_istio_agent(tmp_path / "image") == module
+
+
+# -- the README's snippets -------------------------------------------------------------------
+
+def _readme_yaml(first_line: str) -> Dict[str, Any]:
+    """The README's ```yaml block that starts with `first_line`."""
+    text = (REPO_ROOT / "README.md").read_text()
+    blocks = [b for b in re.findall(r"^```yaml\n(.*?)^```", text, re.S | re.M)
+              if b.startswith(first_line)]
+    assert len(blocks) == 1, f"README: expected one yaml block starting {first_line!r}"
+    return yaml.safe_load(blocks[0])
+
+
+def test_readme_envoy_snippet_loads_in_envoy(wasm, tmp_path):
+    """The filter chain a reader pastes from the README, with the module where they put it."""
+    (chain,) = _readme_yaml("filter_chains:")["filter_chains"]
+    guard, proxy = chain["filters"]
+    assert proxy["name"] == "envoy.filters.network.tcp_proxy"
+    guard["typed_config"]["config"]["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    rc, out = _envoy_validate(_bootstrap_with(guard), tmp_path, "readme")
+    assert rc == 0, out[-2000:]
+
+
+def test_readme_wasmplugin_snippet_matches_istio_crd_schema():
+    doc = _readme_yaml("apiVersion: extensions.istio.io")
+    doc["spec"]["url"] = doc["spec"]["url"].replace("<digest>", "0" * 64)
+    assert _schema_errors(doc) == []
+    shipped = _only("WasmPlugin")["spec"]
+    for field in ("pluginName", "type", "match", "failStrategy"):
+        assert doc["spec"][field] == shipped[field], field
