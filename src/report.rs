@@ -31,6 +31,10 @@ fn step_aside_reason(s: &StepAside) -> String {
         StepAside::Replication => "replication stream".to_string(),
         StepAside::ModeChangeInMulti => "mode change queued inside MULTI".to_string(),
         StepAside::HostRefused => "a host call failed".to_string(),
+        StepAside::Tls => {
+            "the client speaks TLS to Redis (encrypted end to end: originate TLS in Envoy instead)"
+                .to_string()
+        }
     }
 }
 
@@ -88,6 +92,9 @@ pub fn events(
             }
             Event::Passthrough(ref why) => {
                 host.add(Metric::Passthrough, 1);
+                if *why == StepAside::Tls {
+                    host.add(Metric::PassthroughTls, 1);
+                }
                 log::info!(
                     "connection {id}: passing through untouched from now on: {}",
                     step_aside_reason(why)

@@ -67,6 +67,12 @@ pub trait Buffer {
     fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool;
 }
 
+/// A TLS handshake record (content type 22, protocol major version 3) where a RESP command
+/// should begin: no Redis command starts with a control byte.
+fn starts_tls(buf: &mut impl Buffer) -> bool {
+    matches!(buf.read(0, 2), Some([0x16, 0x03]))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     /// The filter's PING went unanswered for `ping_timeout`.
@@ -92,6 +98,9 @@ pub enum StepAside {
     /// A mode change queued inside MULTI (CLIENT REPLY, HELLO, SUBSCRIBE…): we do not model it.
     ModeChangeInMulti,
     HostRefused,
+    /// The client's first bytes are a TLS record: the session is encrypted end to end, and
+    /// the filter sees no RESP (TLS must be originated by Envoy for the filter to work).
+    Tls,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,6 +134,18 @@ pub enum Event {
     /// killed it did not wait for the connection to be idle, so it was an event, not an idle
     /// cutoff (see `idle_cutoff`).
     BusyDeath,
+}
+
+/// A connection's keepalives come up to `1/SPREAD_DIVISOR` of the interval early, by an amount
+/// fixed per connection (its spread, see [`Session::spread_keepalives`]): connections that went
+/// quiet together (a burst that ended, a pool opened at once, the reconnects after a stall) drift
+/// apart instead of being PINGed, and on a stall closed, in the same tick. Never later than the
+/// interval: an interval chosen to beat a cutoff still does.
+pub const SPREAD_DIVISOR: Millis = 5;
+
+/// How much earlier than `interval` a connection with `spread` (0..=65535) sends its keepalive.
+pub fn spread_early(interval: Millis, spread: u16) -> Millis {
+    (interval / SPREAD_DIVISOR).saturating_mul(Millis::from(spread)) >> 16
 }
 
 /// Idle spells shorter than this are not reported as survived (they would cost a stat per
@@ -305,6 +326,10 @@ impl ReplyPass<'_> {
 
 pub struct Session {
     keepalive_interval: Option<Millis>,
+    /// This connection's place in the spread of keepalives (0: none).
+    spread: u16,
+    /// The quiet time after which its keepalive is due: the interval, less its spread.
+    keepalive_after: Option<Millis>,
     /// The upstream (cluster) this connection goes to, as the adapter numbers them; 0 = not
     /// known yet.
     upstream: u16,
@@ -318,6 +343,8 @@ pub struct Session {
     probe: Option<Probe>,
     /// The client has sent a byte (so Envoy can keep its read buffer paused for us).
     client_seen: bool,
+    /// The host can send a PING before the client's first byte (see `Host`).
+    sends_before_client_bytes: bool,
     /// Held bytes to put back on the wire now (probe answered, or the filter stepped aside).
     release: Option<Vec<u8>>,
     /// A close the adapter must carry out after a data callback.
@@ -394,6 +421,8 @@ impl Session {
     pub fn new(config: &Config, now: Millis) -> Session {
         Session {
             keepalive_interval: config.keepalive_interval,
+            spread: 0,
+            keepalive_after: config.keepalive_interval,
             upstream: 0,
             spell: None,
             ping_timeout: config.ping_timeout,
@@ -401,6 +430,7 @@ impl Session {
             last_upstream: now,
             probe: None,
             client_seen: false,
+            sends_before_client_bytes: false,
             release: None,
             close_now: None,
             requests: ParkedFramer::new(Side::Request),
@@ -445,11 +475,25 @@ impl Session {
     /// A learned interval for this connection's upstream. The caller re-arms its timer.
     pub fn set_keepalive_interval(&mut self, interval: Option<Millis>) {
         self.keepalive_interval = interval;
+        self.keepalive_after = interval.map(|i| i.saturating_sub(spread_early(i, self.spread)));
+    }
+
+    /// Send keepalives up to a fifth of the interval early, by `spread`/65536 of that fifth
+    /// (see [`SPREAD_DIVISOR`]). The caller re-arms its timer.
+    pub fn spread_keepalives(&mut self, spread: u16) {
+        self.spread = spread;
+        self.set_keepalive_interval(self.keepalive_interval);
     }
 
     /// A different `probe_after` for this connection (a re-test's canary probes sooner).
     pub fn set_probe_after(&mut self, after: Option<Millis>) {
         self.probe_after = after;
+    }
+
+    /// Whether the host can send a PING before the client's first byte: if not, such a
+    /// connection is left to the probe of its first command.
+    pub fn set_sends_before_client_bytes(&mut self, can: bool) {
+        self.sends_before_client_bytes = can;
     }
 
     /// Nothing owed either way and nothing held: the connection is between uses.
@@ -556,8 +600,12 @@ impl Session {
         if self.follow != Follow::Active || self.closed {
             return;
         }
-        if !buf.is_empty() {
+        if !buf.is_empty() && !self.client_seen {
             self.client_seen = true;
+            if starts_tls(buf) {
+                self.step_aside(StepAside::Tls);
+                return;
+            }
         }
         let fresh = self.probe.is_none() && !buf.is_empty() && buf.len() <= MAX_HELD;
         let start_probe = fresh && self.probe_due(now);
@@ -906,7 +954,7 @@ impl Session {
             return None;
         }
         let timeout = self.ping_clock.map(|t| t + self.ping_timeout);
-        let keepalive = match self.keepalive_interval {
+        let keepalive = match self.keepalive_after {
             Some(i) if self.follow == Follow::Active => {
                 Some((self.last_activity + i).max(self.recheck_at))
             }
@@ -961,7 +1009,7 @@ impl Session {
                 return TickAction::Close(CloseReason::PingTimeout);
             }
         }
-        let Some(interval) = self.keepalive_interval else {
+        let Some(interval) = self.keepalive_after else {
             return TickAction::None;
         };
         if self.follow != Follow::Active
@@ -970,7 +1018,7 @@ impl Session {
         {
             return TickAction::None;
         }
-        if !self.client_seen && self.probe_after.is_some() {
+        if !self.client_seen && !self.sends_before_client_bytes && self.probe_after.is_some() {
             // No byte from the client yet, so Envoy holds no paused read buffer to carry a
             // PING. Its first command will be probed if the link has been silent that long:
             // nothing to do, and no reason to close a connection a pool opened ahead of use.
@@ -1004,7 +1052,7 @@ impl Session {
     pub fn ping_refused(&mut self, now: Millis) -> TickAction {
         self.events.push(Event::KeepaliveRefused);
         if self.modes.queue.client_pending() {
-            self.recheck_at = now + self.keepalive_interval.unwrap_or(self.ping_timeout);
+            self.recheck_at = now + self.keepalive_after.unwrap_or(self.ping_timeout);
             return TickAction::None;
         }
         self.closed = true;
@@ -1020,6 +1068,11 @@ impl Session {
             return false;
         }
         self.closed = true;
+        if self.follow != Follow::Active {
+            // Stepped aside: whether the client was idle is not known (a TLS session's
+            // close_notify, a MONITOR, junk). Neither a death to learn from nor a signal.
+            return false;
+        }
         if self.probe.take().is_some() {
             // The held command was never sent: the client's retry is safe.
             self.events.push(Event::ProbeFailed);

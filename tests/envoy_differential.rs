@@ -13,7 +13,8 @@
 //!
 //! Timing: keepalive_interval 500 ms and ping_timeout 1 s (tick 50 ms). Every scripted wait
 //! leaves at least 150 ms (three ticks) between the last moment Envoy may act and the next
-//! step, so a noisy machine does not change the outcome.
+//! step, so a noisy machine does not change the outcome; and the four checks run one at a time
+//! (`ONE_ENVOY_AT_A_TIME`), never two Envoys and their scripts side by side on the 2 cores.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -30,6 +31,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 /// Probes off here: these scripts are about keepalives (and the fallback for a connection that
@@ -1193,7 +1195,15 @@ fn native_build_agrees_on_probes() {
     check_agreement(&native_build(), PROBE_CONFIG, probe_scenarios());
 }
 
+/// cargo runs tests in parallel threads: a check holds this while its Envoy runs, so that its
+/// scripts' 150 ms margins are not eaten by another Envoy's.
+static ONE_ENVOY_AT_A_TIME: Mutex<()> = Mutex::new(());
+
 fn check_agreement(build: &Build, config: &str, scenarios: Vec<Scenario>) {
+    // A check that failed (panicked) while holding it does not stop the others.
+    let _serial = ONE_ENVOY_AT_A_TIME
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
     let started = Instant::now();
     let redis_listener = TcpListener::bind("127.0.0.1:0").unwrap();
     redis_listener.set_nonblocking(true).unwrap();

@@ -178,6 +178,24 @@ fn bytes_that_are_not_resp_from_the_client_pass_through_untouched() {
 }
 
 #[test]
+fn a_client_speaking_tls_is_passed_through_untouched() {
+    let mut e = Envoy::load(CONFIG).unwrap();
+    let c = e.connect();
+    // The start of a ClientHello: a handshake record, TLS 1.0 record version, then the body.
+    let hello = b"\x16\x03\x01\x00\xc8\x01\x00\x00\xc4\x03\x03 random bytes";
+    e.client_send(c, hello);
+    assert_eq!(e.take_redis(c), hello);
+    let server_hello = b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03";
+    e.redis_send(c, server_hello);
+    assert_eq!(e.take_client(c), server_hello);
+    assert_eq!(e.stat(stat::PASSTHROUGH), 1);
+    assert_eq!(e.stat(stat::PASSTHROUGH_TLS), 1);
+    e.advance(60_000);
+    assert_eq!(e.take_redis(c), b"", "never a PING inside a TLS session");
+    assert!(e.is_open(c));
+}
+
+#[test]
 fn bytes_that_are_not_resp_from_redis_pass_through_untouched() {
     let mut e = Envoy::load(CONFIG).unwrap();
     let c = warm(&mut e);
@@ -379,4 +397,88 @@ fn the_module_uses_only_host_calls_this_host_models() {
     ] {
         assert!(used.contains(&needed), "{needed} missing from {imports:?}");
     }
+}
+
+/// What one tick may close (`MAX_CLOSES_PER_TICK` in src/wasm/plugin.rs): Envoy carries out the
+/// closes a tick asks for after it, each calling back into the VM, where the next queued close
+/// is carried out: they nest, and a thousand overflowed V8's stack on Envoy 1.40. While closes
+/// wait for their turn, the tick comes every 20 ms (`HURRIED_TICK_MS`).
+const CLOSES_PER_TICK: usize = 100;
+const HURRIED_TICK_MS: u32 = 20;
+
+/// 600 idle connections PINGed within two ticks of each other, then never answered.
+fn stalled_pool(e: &mut Envoy) -> Vec<host::ConnId> {
+    assert_eq!(e.tick_period_ms(), 1_000);
+    let conns: Vec<host::ConnId> = (0..600).map(|_| warm(e)).collect();
+    e.advance(10_000);
+    for &c in &conns {
+        assert_eq!(e.take_redis(c), PING);
+    }
+    conns
+}
+
+#[test]
+fn a_tick_closes_a_hundred_connections_at_most_and_the_rest_follow_at_a_faster_tick() {
+    let mut e = Envoy::load(r#"{"keepalive_interval": "10s", "ping_timeout": "10s"}"#).unwrap();
+    let conns = stalled_pool(&mut e);
+    let mut open = conns.len();
+    let mut closes = Vec::new(); // (ms, closed in that step, tick period after it)
+    for _ in 0..(15_000 / HURRIED_TICK_MS) {
+        // One tick at most per step: the tick never comes more often than this.
+        e.advance(u64::from(HURRIED_TICK_MS));
+        let still = conns.iter().filter(|&&c| e.is_open(c)).count();
+        if still < open {
+            closes.push((e.now_ms(), open - still, e.tick_period_ms()));
+        }
+        open = still;
+    }
+    assert_eq!(open, 0, "{closes:?}");
+    assert!(
+        closes.iter().all(|&(_, n, _)| n <= CLOSES_PER_TICK),
+        "{closes:?}"
+    );
+    // Where more were due than a tick may close, the next tick came 20 ms later.
+    assert!(closes
+        .iter()
+        .any(|&(_, n, p)| n == CLOSES_PER_TICK && p == HURRIED_TICK_MS));
+    let (first, last) = (closes[0].0, closes[closes.len() - 1].0);
+    assert!(
+        last - first <= 2_000 + 2 * u64::from(HURRIED_TICK_MS),
+        "{closes:?}"
+    );
+    // Once none wait, the tick is as configured again.
+    assert_eq!(e.tick_period_ms(), 1_000);
+    assert!(conns.iter().all(|&c| e.client_saw_eof(c)));
+    assert_eq!(e.stat(stat::RECONNECT), conns.len() as i64);
+}
+
+#[test]
+fn a_connection_waiting_for_its_close_is_spared_if_its_ping_is_answered_meanwhile() {
+    let mut e = Envoy::load(r#"{"keepalive_interval": "10s", "ping_timeout": "10s"}"#).unwrap();
+    let conns = stalled_pool(&mut e);
+    // Advance to the first tick that closes connections.
+    let mut open = conns.len();
+    while open == conns.len() {
+        e.advance(u64::from(HURRIED_TICK_MS));
+        open = conns.iter().filter(|&&c| e.is_open(c)).count();
+    }
+    assert_eq!(
+        conns.len() - open,
+        CLOSES_PER_TICK,
+        "more were due in that tick"
+    );
+    // Redis is back: the rest get their answers before their turn, and stay open.
+    let waiting: Vec<host::ConnId> = conns.iter().copied().filter(|&c| e.is_open(c)).collect();
+    for c in waiting {
+        e.redis_send(c, PONG);
+        assert_eq!(
+            e.take_client(c),
+            b"",
+            "the filter's reply reached the client"
+        );
+    }
+    e.advance(5_000);
+    assert_eq!(conns.iter().filter(|&&c| e.is_open(c)).count(), open);
+    assert_eq!(e.stat(stat::RECONNECT), (conns.len() - open) as i64);
+    assert_eq!(e.tick_period_ms(), 1_000);
 }

@@ -15,25 +15,9 @@ mod support;
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
-use std::collections::BTreeSet;
-use support::{cmd, Wire, World};
-
-const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
-const PONG_RESP2_SUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
-
-#[derive(Debug, Clone, Copy)]
-enum Cmd {
-    Get,
-    Incr,
-    Ping,
-    Blpop,
-    Subscribe(u8),
-    Unsubscribe(u8),
-    Multi,
-    Exec,
-    ReplyOff,
-    ReplyOn,
-}
+use support::coverage::{check, Coverage};
+use support::redis_model::{cmd, encode, Cmd, Redis};
+use support::{Wire, World};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -45,148 +29,6 @@ enum Op {
         message: bool,
     },
     Wait(u64),
-}
-
-fn bulk(s: &str) -> Vec<u8> {
-    format!("${}\r\n{s}\r\n", s.len()).into_bytes()
-}
-
-/// The subset of Redis 7 the filter must model, replying frame by frame in wire order.
-#[derive(Default)]
-struct Redis {
-    resp3: bool,
-    channels: BTreeSet<u8>,
-    multi: Option<Vec<Vec<u8>>>,
-    reply_off: bool,
-    counter: i64,
-}
-
-impl Redis {
-    fn subscribed(&self) -> bool {
-        !self.channels.is_empty()
-    }
-
-    fn pubsub(&self, kind: &str, ch: u8) -> Vec<u8> {
-        let head = if self.resp3 { ">3\r\n" } else { "*3\r\n" };
-        let mut f = head.as_bytes().to_vec();
-        f.extend(bulk(kind));
-        f.extend(bulk(&format!("ch{ch}")));
-        f.extend(format!(":{}\r\n", self.channels.len()).into_bytes());
-        f
-    }
-
-    fn message(&self) -> Option<Vec<u8>> {
-        let ch = *self.channels.iter().next()?;
-        let head = if self.resp3 { ">3\r\n" } else { "*3\r\n" };
-        let mut f = head.as_bytes().to_vec();
-        f.extend(bulk("message"));
-        f.extend(bulk(&format!("ch{ch}")));
-        f.extend(bulk("hello"));
-        Some(f)
-    }
-
-    /// The filter's PING.
-    fn filter_ping(&self) -> Vec<u8> {
-        assert!(
-            self.multi.is_none() && !self.reply_off,
-            "the filter pinged when it must not"
-        );
-        if self.subscribed() && !self.resp3 {
-            PONG_RESP2_SUB.to_vec()
-        } else {
-            PONG.to_vec()
-        }
-    }
-
-    /// Frames Redis emits for one client command.
-    fn client(&mut self, c: Cmd) -> Vec<Vec<u8>> {
-        if self.reply_off {
-            if matches!(c, Cmd::ReplyOn) {
-                self.reply_off = false;
-                return vec![b"+OK\r\n".to_vec()];
-            }
-            // Still executed, no reply.
-            if let Cmd::Incr = c {
-                self.counter += 1;
-            }
-            return vec![];
-        }
-        let restricted = self.subscribed() && !self.resp3;
-        if restricted && !matches!(c, Cmd::Subscribe(_) | Cmd::Unsubscribe(_) | Cmd::Ping) {
-            return vec![b"-ERR Can't execute: only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n".to_vec()];
-        }
-        if let Some(queued) = self.multi.as_mut() {
-            match c {
-                Cmd::Exec => {
-                    let queued = self.multi.take().unwrap();
-                    let mut f = format!("*{}\r\n", queued.len()).into_bytes();
-                    for r in queued {
-                        f.extend(r);
-                    }
-                    return vec![f];
-                }
-                Cmd::Multi => return vec![b"-ERR MULTI calls can not be nested\r\n".to_vec()],
-                _ => {
-                    let r = match c {
-                        Cmd::Get => b"$-1\r\n".to_vec(),
-                        Cmd::Incr => {
-                            self.counter += 1;
-                            format!(":{}\r\n", self.counter).into_bytes()
-                        }
-                        Cmd::Ping => b"+PONG\r\n".to_vec(),
-                        // BLPOP inside MULTI does not block: an empty list gives a null.
-                        Cmd::Blpop => b"*-1\r\n".to_vec(),
-                        _ => unreachable!("generator keeps mode changes out of MULTI"),
-                    };
-                    queued.push(r);
-                    return vec![b"+QUEUED\r\n".to_vec()];
-                }
-            }
-        }
-        match c {
-            Cmd::Get => vec![b"$3\r\nabc\r\n".to_vec()],
-            Cmd::Incr => {
-                self.counter += 1;
-                vec![format!(":{}\r\n", self.counter).into_bytes()]
-            }
-            Cmd::Ping if restricted => vec![b"*2\r\n$4\r\npong\r\n$0\r\n\r\n".to_vec()],
-            Cmd::Ping => vec![b"+PONG\r\n".to_vec()],
-            Cmd::Blpop => vec![b"*2\r\n$1\r\nq\r\n$1\r\nv\r\n".to_vec()],
-            Cmd::Subscribe(ch) => {
-                self.channels.insert(ch);
-                vec![self.pubsub("subscribe", ch)]
-            }
-            Cmd::Unsubscribe(ch) => {
-                self.channels.remove(&ch);
-                vec![self.pubsub("unsubscribe", ch)]
-            }
-            Cmd::Multi => {
-                self.multi = Some(Vec::new());
-                vec![b"+OK\r\n".to_vec()]
-            }
-            Cmd::Exec => vec![b"-ERR EXEC without MULTI\r\n".to_vec()],
-            Cmd::ReplyOff => {
-                self.reply_off = true;
-                vec![]
-            }
-            Cmd::ReplyOn => vec![b"+OK\r\n".to_vec()],
-        }
-    }
-}
-
-fn encode(c: Cmd) -> Vec<u8> {
-    match c {
-        Cmd::Get => cmd(&["GET", "k"]),
-        Cmd::Incr => cmd(&["INCR", "n"]),
-        Cmd::Ping => cmd(&["PING"]),
-        Cmd::Blpop => cmd(&["BLPOP", "q", "0"]),
-        Cmd::Subscribe(ch) => cmd(&["SUBSCRIBE", &format!("ch{ch}")]),
-        Cmd::Unsubscribe(ch) => cmd(&["UNSUBSCRIBE", &format!("ch{ch}")]),
-        Cmd::Multi => cmd(&["MULTI"]),
-        Cmd::Exec => cmd(&["EXEC"]),
-        Cmd::ReplyOff => cmd(&["CLIENT", "REPLY", "OFF"]),
-        Cmd::ReplyOn => cmd(&["CLIENT", "REPLY", "ON"]),
-    }
 }
 
 fn any_cmd() -> impl Strategy<Value = Cmd> {
@@ -213,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], resp3: bool, coverage: &Coverage) -> Result<(), TestCaseError> {
     let mut w = World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,
@@ -225,6 +67,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         ..Redis::default()
     };
     let mut wire = Wire::default();
+    let (mut pings, mut amid) = (0, 0);
     if resp3 {
         w.client(&cmd(&["HELLO", "3"]));
         let hello = b"%1\r\n$5\r\nproto\r\n:3\r\n".to_vec();
@@ -262,30 +105,49 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 if w.advance(*ms) == TickAction::SendPing {
                     prop_assert_eq!(w.to_redis_since_mark(), PING);
                     wire.owe_filter(redis.filter_ping());
+                    pings += 1;
                 }
             }
             Op::Answer { n, splits, message } => {
                 let unsolicited = if *message { redis.message() } else { None };
+                let owed_before = wire.expected_client.len();
                 let bytes = wire.answer(unsolicited.as_deref(), *n);
+                // A PING's reply among bytes for the client: the removal must cut it out whole.
+                let for_client = wire.expected_client.len() - owed_before;
+                amid += u32::from(bytes.len() > for_client && for_client > 0);
                 w.server_in_pieces(&bytes, splits);
             }
         }
     }
     let rest = wire.answer_all();
     w.server(&rest);
-    w.check_transparent(&wire.expected_client)
+    w.check_transparent(&wire.expected_client)?;
+    coverage.case(pings, amid);
+    Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+/// The share of generated cases that must send a PING, and that must remove a PING's reply
+/// from a Redis read that also carries the client's bytes: about half of what the generator
+/// gives (measured 2026-12-01, RESP2 and RESP3: 64-65% and 37-38% of 3000 cases).
+const PINGED_FLOOR_PCT: u32 = 30;
+const AMID_FLOOR_PCT: u32 = 14;
 
-    #[test]
-    fn resp2_modes_are_transparent(ops in proptest::collection::vec(op(), 1..50)) {
-        run(&ops, false)?;
-    }
+#[test]
+fn resp2_modes_are_transparent() {
+    let ops = proptest::collection::vec(op(), 1..50);
+    check(file!(), 3000, &ops, |ops, c| run(&ops, false, c)).assert_floor(
+        "resp2 modes",
+        PINGED_FLOOR_PCT,
+        AMID_FLOOR_PCT,
+    );
+}
 
-    #[test]
-    fn resp3_modes_are_transparent(ops in proptest::collection::vec(op(), 1..50)) {
-        run(&ops, true)?;
-    }
+#[test]
+fn resp3_modes_are_transparent() {
+    let ops = proptest::collection::vec(op(), 1..50);
+    check(file!(), 3000, &ops, |ops, c| run(&ops, true, c)).assert_floor(
+        "resp3 modes",
+        PINGED_FLOOR_PCT,
+        AMID_FLOOR_PCT,
+    );
 }

@@ -262,6 +262,15 @@ fn monitor_makes_the_filter_step_aside() {
 }
 
 #[test]
+fn a_tls_client_makes_the_filter_step_aside_at_once() {
+    let mut w = world();
+    w.client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+    assert!(w.session.is_detached());
+    assert_eq!(events(&mut w), vec![Event::Passthrough(StepAside::Tls)]);
+    assert_eq!(w.advance(60_000), TickAction::None);
+}
+
+#[test]
 fn monitor_after_a_ping_still_removes_its_reply() {
     let mut w = world();
     assert_eq!(w.advance(1_000), TickAction::SendPing);
@@ -617,4 +626,49 @@ fn a_fin_while_idle_is_a_death_after_the_silence_so_far_and_a_busy_one_is_not() 
         vec![],
         "a command was in flight: not an idle death"
     );
+}
+
+#[test]
+fn a_close_after_stepping_aside_is_neither_a_death_nor_a_signal() {
+    let mut w = world();
+    w.client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+    w.server(b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03");
+    events(&mut w);
+    w.now += 10_000;
+    assert!(!w.session.upstream_closed(w.now));
+    assert_eq!(events(&mut w), vec![]);
+}
+
+#[test]
+fn a_spread_keepalive_comes_up_to_a_fifth_of_the_interval_early_and_never_late() {
+    use redis_idle_guard::session::{spread_early, SPREAD_DIVISOR};
+    for spread in [0, 1, 12_345, 32_768, u16::MAX] {
+        let mut w = world();
+        w.session.spread_keepalives(spread);
+        w.client(&cmd(&["GET", "k"]));
+        w.server(b"$-1\r\n");
+        let due = 1_000 - spread_early(1_000, spread);
+        assert!((800..=1_000).contains(&due), "spread {spread}: {due}");
+        assert_eq!(w.advance(due - 1), TickAction::None, "spread {spread}");
+        assert_eq!(w.advance(1), TickAction::SendPing, "spread {spread}");
+        // Answered: the next one comes as much earlier than the interval again.
+        w.server(PONG);
+        assert_eq!(w.advance(due - 1), TickAction::None);
+        assert_eq!(w.advance(1), TickAction::SendPing);
+        // A learned interval keeps the connection's spread.
+        w.server(PONG);
+        w.session.set_keepalive_interval(Some(4_000));
+        let due = 4_000 - spread_early(4_000, spread);
+        assert_eq!(w.advance(due - 1), TickAction::None);
+        assert_eq!(w.advance(1), TickAction::SendPing);
+    }
+    // The defaults' 15 s keepalive covers every cutoff of 30 s or more: spread, it comes
+    // between 12 s and 15 s, never later.
+    for spread in (0..=u16::MAX).step_by(257).chain([u16::MAX]) {
+        let early = spread_early(15_000, spread);
+        assert!(early <= 15_000 / SPREAD_DIVISOR, "{spread}: {early}");
+    }
+    assert_eq!(spread_early(15_000, u16::MAX), 2_999);
+    // No overflow, however long the interval.
+    assert!(spread_early(u64::MAX, u16::MAX) <= u64::MAX / SPREAD_DIVISOR);
 }

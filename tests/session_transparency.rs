@@ -13,6 +13,7 @@ mod support;
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
+use support::coverage::{check, Coverage};
 use support::{cmd, Wire, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
@@ -74,7 +75,7 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
-fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
+fn run(ops: &[Op], resp3: bool, coverage: &Coverage) -> Result<(), TestCaseError> {
     let table = commands();
     // A ping_timeout longer than any scenario: this test is about bytes, not closes.
     let mut w = World::new(Config {
@@ -85,6 +86,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
     });
     let mut wire = Wire::default();
     let mut expected_redis: Vec<u8> = Vec::new();
+    let (mut pings, mut amid) = (0, 0);
     let push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$1\r\nk\r\n";
     if resp3 {
         let hello = cmd(&["HELLO", "3"]);
@@ -106,6 +108,7 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 if w.advance(*ms) == TickAction::SendPing {
                     expected_redis.extend_from_slice(PING);
                     wire.owe_filter(PONG.to_vec());
+                    pings += 1;
                 }
             }
             Op::Answer {
@@ -114,7 +117,11 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
                 push: with_push,
             } => {
                 let unsolicited = (resp3 && *with_push).then_some(push.as_slice());
+                let owed_before = wire.expected_client.len();
                 let bytes = wire.answer(unsolicited, *n);
+                // A PING's reply among bytes for the client: the removal must cut it out whole.
+                let for_client = wire.expected_client.len() - owed_before;
+                amid += u32::from(bytes.len() > for_client && for_client > 0);
                 w.server_in_pieces(&bytes, splits);
             }
         }
@@ -127,21 +134,35 @@ fn run(ops: &[Op], resp3: bool) -> Result<(), TestCaseError> {
         &expected_redis,
         "Redis got other bytes than the client's plus PINGs"
     );
-    w.check_transparent(&wire.expected_client)
+    w.check_transparent(&wire.expected_client)?;
+    coverage.case(pings, amid);
+    Ok(())
 }
 
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 3000, ..ProptestConfig::default() })]
+/// The share of generated cases that must send a PING, and that must remove a PING's reply
+/// from a Redis read that also carries the client's bytes: about half of what the generator
+/// gives (measured 2026-12-01, RESP2 and RESP3: 62-63% and 28-45% of 3000 cases).
+const PINGED_FLOOR_PCT: u32 = 30;
+const AMID_FLOOR_PCT: u32 = 14;
 
-    #[test]
-    fn resp2_client_sees_exactly_its_replies(ops in proptest::collection::vec(op(), 1..40)) {
-        run(&ops, false)?;
-    }
+#[test]
+fn resp2_client_sees_exactly_its_replies() {
+    let ops = proptest::collection::vec(op(), 1..40);
+    check(file!(), 3000, &ops, |ops, c| run(&ops, false, c)).assert_floor(
+        "resp2",
+        PINGED_FLOOR_PCT,
+        AMID_FLOOR_PCT,
+    );
+}
 
-    #[test]
-    fn resp3_client_sees_exactly_its_replies_and_pushes(ops in proptest::collection::vec(op(), 1..40)) {
-        run(&ops, true)?;
-    }
+#[test]
+fn resp3_client_sees_exactly_its_replies_and_pushes() {
+    let ops = proptest::collection::vec(op(), 1..40);
+    check(file!(), 3000, &ops, |ops, c| run(&ops, true, c)).assert_floor(
+        "resp3",
+        PINGED_FLOOR_PCT,
+        AMID_FLOOR_PCT,
+    );
 }
 
 #[test]
@@ -157,7 +178,9 @@ fn keepalives_actually_fire_in_these_scenarios() {
         Op::Wait(1_000),
         Op::Wait(100),
     ];
-    run(&ops, false).unwrap();
+    let coverage = Coverage::default();
+    run(&ops, false, &coverage).unwrap();
+    assert_eq!(coverage.pings.get(), 1, "{coverage:?}");
     let mut w = World::new(Config {
         keepalive_interval: Some(1_000),
         ping_timeout: 1_000_000,

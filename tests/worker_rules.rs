@@ -7,14 +7,19 @@
 mod support;
 
 use redis_idle_guard::host::Cluster;
-use redis_idle_guard::session::{CloseReason, PING};
+use redis_idle_guard::session::{spread_early, CloseReason, PING};
 use redis_idle_guard::shared_cutoff::POLL_MS;
-use redis_idle_guard::worker::Wake;
+use redis_idle_guard::worker::{spread_of, Wake};
 use support::cmd;
-use support::harness::{Harness, Store, PONG};
+use support::harness::{Harness, Path, Store, PONG};
 
 fn get() -> Vec<u8> {
     cmd(&["GET", "k"])
+}
+
+/// The quiet time after which connection `id`'s keepalive is due: the interval, less its spread.
+fn due(id: u32, interval: u64) -> u64 {
+    interval - spread_early(interval, spread_of(id))
 }
 
 #[test]
@@ -25,7 +30,9 @@ fn the_data_path_arms_nothing_and_a_keepalive_is_woken_on_time() {
         &store,
     );
     h.open(1);
-    assert_eq!(h.host.armed.get(&1), Some(&1_000));
+    let ka = due(1, 1_000);
+    assert!((800..1_000).contains(&ka), "{ka}");
+    assert_eq!(h.host.armed.get(&1), Some(&ka));
     let arms = h.host.arms;
     for t in [100, 300, 600] {
         h.now = t;
@@ -33,14 +40,14 @@ fn the_data_path_arms_nothing_and_a_keepalive_is_woken_on_time() {
         h.server(1, b"$1\r\nv\r\n");
     }
     assert_eq!(h.host.arms, arms, "a request and its reply armed the timer");
-    // The armed wake finds the connection busy until 600: it re-arms for 1600, where it pings.
-    h.run_until(1_599);
+    // The armed wake finds the connection busy until 600: it re-arms, and pings `ka` later.
+    h.run_until(600 + ka - 1);
     assert_eq!(h.pings_to(1), 0);
-    h.run_until(1_600);
+    h.run_until(600 + ka);
     assert_eq!(h.pings_to(1), 1);
     // The PING's answer is owed within ping_timeout: that deadline is armed.
-    assert_eq!(h.host.armed.get(&1), Some(&2_100));
-    h.now = 1_601;
+    assert_eq!(h.host.armed.get(&1), Some(&(600 + ka + 500)));
+    h.now = 600 + ka + 1;
     h.server(1, PONG);
     assert_eq!(
         h.to_client[&1].len(),
@@ -51,7 +58,7 @@ fn the_data_path_arms_nothing_and_a_keepalive_is_woken_on_time() {
         h.host.stats.get("redis_idle_guard.keepalive.answered"),
         Some(&1)
     );
-    h.run_until(2_601);
+    h.run_until(600 + ka + 1 + ka);
     assert_eq!(h.pings_to(1), 2);
 }
 
@@ -65,9 +72,9 @@ fn an_unanswered_ping_closes_the_idle_connection_and_counts_a_death() {
     h.open(1);
     h.client(1, &get());
     h.server(1, b"$1\r\nv\r\n");
-    h.run_until(1_499);
+    h.run_until(due(1, 1_000) + 499);
     assert!(h.closed.is_empty());
-    h.run_until(1_500);
+    h.run_until(due(1, 1_000) + 500);
     assert_eq!(h.closed, vec![(1, CloseReason::PingTimeout)]);
     assert_eq!(h.upstream("idle_deaths"), 1);
     assert_eq!(h.upstream("reconnect_signals"), 1);
@@ -89,36 +96,42 @@ fn a_death_puts_every_connection_of_the_upstream_on_the_learned_interval() {
         h.server(id, b"$1\r\nv\r\n");
     }
     assert_eq!(h.upstream("keepalive_interval_ms"), 8_000);
-    // Connection 2 is used again at 7.5 s; connection 1 pings at 8 s and is never answered
-    // (a NAT forgot the flow): it dies at 9 s after 8 s of silence.
+    // Connection 2 is used again at 7.5 s; connection 1 pings at its share of 8 s (about 7 s)
+    // and is never answered (a NAT forgot the flow): it dies a second later, after `spell`.
+    let spell = due(1, 8_000);
+    assert!(spell < 7_500 && due(2, 8_000) > 7_500, "{spell}");
     h.run_until(7_500);
     h.client(2, &get());
     h.server(2, b"$1\r\nv\r\n");
-    h.run_until(9_000);
+    h.run_until(spell + 1_000);
     assert_eq!(h.closed, vec![(1, CloseReason::PingTimeout)]);
     // Judged when its burst is over (a second later, at the next poll): alone, so evidence.
     assert_eq!(h.upstream("keepalive_interval_ms"), 8_000);
     h.run_until(10_000);
-    assert_eq!(h.upstream("idle_cutoff_ms"), 8_000);
-    assert_eq!(h.upstream("keepalive_interval_ms"), 4_000);
+    // Towards half the estimate, halving the interval at most.
+    let learned = (spell / 2).max(8_000 / 2);
+    assert_eq!(h.upstream("idle_cutoff_ms"), spell as i64);
+    assert_eq!(h.upstream("keepalive_interval_ms"), learned as i64);
     assert_eq!(
         store
             .borrow()
             .get("redis_idle_guard.idle_cutoff.redis")
             .map(|v| v.0.clone()),
-        Some(b"8000:4000".to_vec()),
+        Some(format!("{spell}:{learned}").into_bytes()),
         "published for the other workers"
     );
-    // Connection 2 follows at once: its next PING comes 4 s after its last use, not 8 s.
-    h.run_until(11_499);
+    // Connection 2 follows at once: its next PING comes on the learned interval after its last
+    // use, not 8 s.
+    h.run_until(7_500 + due(2, learned) - 1);
     assert_eq!(h.pings_to(2), 0);
-    h.run_until(11_500);
+    h.run_until(7_500 + due(2, learned));
     assert_eq!(h.pings_to(2), 1);
     // A new connection starts on the learned interval.
+    let opened = h.now;
     h.open(3);
     h.client(3, &get());
     h.server(3, b"$1\r\nv\r\n");
-    h.run_until(15_500);
+    h.run_until(opened + due(3, learned));
     assert_eq!(h.pings_to(3), 1);
 }
 
@@ -127,30 +140,36 @@ fn another_worker_adopts_the_cutoff_within_a_poll() {
     let store = Store::default();
     let mut learner = Harness::new(AUTO, &store);
     let mut other = Harness::new(AUTO, &store);
-    for h in [&mut learner, &mut other] {
-        h.open(1);
-        h.client(1, &get());
-        h.server(1, b"$1\r\nv\r\n");
+    // The learner's connection 1 and the other worker's connection 2.
+    for (h, id) in [(&mut learner, 1), (&mut other, 2)] {
+        h.open(id);
+        h.client(id, &get());
+        h.server(id, b"$1\r\nv\r\n");
     }
-    // The other worker's connection is busy (no death of its own); the learner's dies at 9 s.
-    other.run_until(7_900);
-    other.client(1, &get());
-    other.server(1, b"$1\r\nv\r\n");
+    // The other worker's connection is busy (no death of its own) before its keepalive is
+    // due; the learner's pings at its share of 8 s and dies a second later.
+    let busy_at = 7_500;
+    assert!(due(2, 8_000) > busy_at && due(1, 8_000) + 1_000 < 9_500);
+    other.run_until(busy_at);
+    other.client(2, &get());
+    other.server(2, b"$1\r\nv\r\n");
     other.run_until(10_000);
     learner.run_until(9_500);
     assert_eq!(learner.closed.len(), 1, "the learner's connection died");
     // Its pool reconnects; the burst is judged at that worker's next poll.
-    learner.open_used(2);
+    learner.open_used(3);
     learner.run_until(10_000);
     assert_eq!(learner.upstream("keepalive_interval_ms"), 4_000);
     assert_eq!(other.upstream("keepalive_interval_ms"), 8_000);
     // The other hears of the cutoff at its next poll and keeps alive at 4 s from then on.
     other.run_until(10_000 + POLL_MS);
     assert_eq!(other.upstream("keepalive_interval_ms"), 4_000);
-    other.run_until(11_899);
-    assert_eq!(other.pings_to(1), 0);
-    other.run_until(11_900);
-    assert_eq!(other.pings_to(1), 1);
+    let next = busy_at + due(2, 4_000);
+    assert!(next > 10_000 + POLL_MS);
+    other.run_until(next - 1);
+    assert_eq!(other.pings_to(2), 0);
+    other.run_until(next);
+    assert_eq!(other.pings_to(2), 1);
     assert!(other.closed.is_empty());
 }
 
@@ -217,4 +236,64 @@ fn removing_a_connection_forgets_it() {
     assert_eq!(h.host.stats.get("redis_idle_guard.connections"), Some(&1));
     // Waking a connection that is gone does nothing.
     assert_eq!(h.worker.wake(&mut h.host, 1, 100_000), Wake::Nothing);
+}
+
+/// The largest share of `times` (ms) in any window of `window` ms.
+fn busiest_share(times: &[u64], window: u64) -> f64 {
+    let mut ts = times.to_vec();
+    ts.sort_unstable();
+    let mut best = 0;
+    let mut j = 0;
+    for (i, &t) in ts.iter().enumerate() {
+        while ts[j] + window <= t {
+            j += 1;
+        }
+        best = best.max(i + 1 - j);
+    }
+    best as f64 / ts.len().max(1) as f64
+}
+
+#[test]
+fn connections_that_went_quiet_together_are_pinged_and_closed_apart() {
+    // The defaults: a 15 s keepalive, 5 s ping_timeout.
+    let store = Store::default();
+    let mut h = Harness::new("{}", &store);
+    h.path = Path::Answering;
+    // A pool's 1,000 connections go quiet at the same instant (a burst of traffic that ended).
+    let ids: Vec<u32> = (1..=1_000).collect();
+    for &id in &ids {
+        h.open_used(id);
+    }
+    // Their first keepalives spread over 12..15 s (up to a fifth early, never late).
+    let mut first = Vec::new();
+    for t in (0..=15_000).step_by(100) {
+        h.run_until(t);
+        let pinged = ids.iter().filter(|&&id| h.pings_to(id) == 1).count();
+        first.extend(std::iter::repeat_n(t, pinged - first.len()));
+    }
+    assert_eq!(
+        first.len(),
+        ids.len(),
+        "a keepalive later than the interval"
+    );
+    assert!(first.iter().all(|&t| t >= 12_000), "{first:?}");
+    assert!(
+        busiest_share(&first, 100) <= 0.05,
+        "{}",
+        busiest_share(&first, 100)
+    );
+    // Redis stalls: the next keepalives go unanswered, and each connection is closed
+    // ping_timeout after its own, over 6 s (each has drifted by its spread twice).
+    h.path = Path::BlackHole;
+    h.run_until(15_000 + 15_000 + 5_000);
+    let closes: Vec<u64> = h.deaths.iter().map(|&(t, _)| t).collect();
+    assert_eq!(closes.len(), ids.len());
+    let (lo, hi) = (closes.iter().min().unwrap(), closes.iter().max().unwrap());
+    assert!(hi - lo >= 5_000, "closes from {lo} to {hi}");
+    let share = busiest_share(&closes, 100);
+    assert!(
+        share <= 0.05,
+        "the busiest 100 ms held {:.0}% of the closes",
+        share * 100.0
+    );
 }

@@ -142,8 +142,16 @@ impl Host for NativeHost<'_> {
         self.stats.record(metric, value);
     }
 
-    /// Per-upstream stats are labelled: nothing to define.
-    fn define_upstream(&mut self, _upstream: UpstreamId, _cluster: &str) {}
+    /// Per-upstream stats are labelled, and a labelled counter exists from its first
+    /// increment: add 0 to each, so that Prometheus sees it at 0 before its first event
+    /// (`increase()` cannot count the event that creates a series).
+    fn define_upstream(&mut self, _upstream: UpstreamId, cluster: &str) {
+        for metric in UpstreamMetric::ALL {
+            if metric.kind() == Kind::Counter {
+                bootstrap::upstream_add(cluster, metric, 0);
+            }
+        }
+    }
 
     fn upstream_add(&mut self, (id, cluster): Upstream, metric: UpstreamMetric, by: i64) {
         if id != 0 {
@@ -163,5 +171,10 @@ impl Host for NativeHost<'_> {
 
     fn shared_set(&mut self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
         store::set(key, value, cas)
+    }
+
+    /// `inject_read_data` needs no client bytes to carry the PING.
+    fn sends_before_client_bytes(&self) -> bool {
+        true
     }
 }

@@ -105,8 +105,11 @@ impl Worker {
             return;
         };
         self.clock = self.clock.max(now);
+        let mut session = Box::new(Session::new(&self.config, now));
+        session.set_sends_before_client_bytes(host.sends_before_client_bytes());
+        session.spread_keepalives(spread_of(id));
         let entry = Entry {
-            session: Box::new(Session::new(&self.config, now)),
+            session,
             lookups_left: UPSTREAM_LOOKUPS,
         };
         if self.connections.insert(id, entry).is_none() {
@@ -347,6 +350,13 @@ impl Worker {
     pub fn session(&self, id: ConnectionId) -> Option<&Session> {
         self.connections.get(&id).map(|e| &*e.session)
     }
+}
+
+/// A connection's place in the spread of keepalives (`Session::spread_keepalives`), from its id
+/// alone (no random number from the host): a multiplicative (Fibonacci) hash, so that ids
+/// handed out in a row, as pools open connections, land far apart.
+pub fn spread_of(id: ConnectionId) -> u16 {
+    (id.wrapping_mul(0x9e37_79b9) >> 16) as u16
 }
 
 /// After every call that may have changed a session: re-arm its timer if its deadline moved

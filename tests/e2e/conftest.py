@@ -5,11 +5,16 @@ the tail of each Envoy log). `module` is a built filter, and every test that tak
 per build: `[wasm]` (the proxy-wasm module) and `[native]` (the Envoy dynamic module);
 `wasm_module` and `native_module` are one build each, for tests of one build's own files. Tests
 FAIL (not skip) when a build is missing, because `make test-e2e` builds both first.
+
+`@pytest.mark.needs_root` marks a test of the fault lab (network namespaces, iptables): it skips
+for a developer who is not root, but under CI (`CI` set) or `make test-e2e` (LAB_NO_SKIP=1) it
+fails, and so does any other skip there, so a green run is never one that quietly ran less.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import sys
 from pathlib import Path
@@ -24,10 +29,31 @@ from lab import (EnvoyProxy, FilterModule, RedisServer, default_native_path,  # 
                  default_wasm_path, live_processes, stop_all)
 
 
+def no_skips() -> bool:
+    """Under CI or `make test-e2e` a test that cannot run is a failure, not a skip."""
+    ci = os.environ.get("CI", "").strip().lower()
+    return os.environ.get("LAB_NO_SKIP") == "1" or ci not in ("", "0", "false", "no")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "needs_root: the fault lab (network namespaces, iptables); "
+                            "skips when not root, fails instead under CI or make test-e2e")
+
+
+def pytest_runtest_setup(item):
+    if item.get_closest_marker("needs_root") and os.geteuid() != 0:
+        pytest.skip("the fault lab needs root (network namespaces, iptables)")
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
     rep = outcome.get_result()
+    if rep.skipped and not hasattr(rep, "wasxfail") and no_skips():
+        reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
+        rep.outcome = "failed"
+        rep.longrepr = (f"would skip ({reason.removeprefix('Skipped: ')}), and a skip fails under "
+                        f"CI (CI={os.environ.get('CI', '')!r}) and `make test-e2e` (LAB_NO_SKIP=1)")
     setattr(item, f"rep_{rep.when}", rep)
 
 

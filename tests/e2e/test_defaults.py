@@ -7,14 +7,13 @@ Each fault must bite plain tcp_proxy in the same run (the matrix reports VACUOUS
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fault lab needs root")
+pytestmark = pytest.mark.needs_root
 
 
 def test_defaults_cover_a_cutoff_of_twice_the_keepalive_for_every_client(module, tmp_path):

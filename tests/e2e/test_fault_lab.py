@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import os
 import subprocess
 import threading
 import time
@@ -29,7 +28,7 @@ from lab.faults import (BlackHole, NatTimeout, RedisCrashRestart, RedisRestart, 
                         SlowRedis, sysctls_are_per_netns)
 from lab.matrix import ClientSpec, Outcome, Settings, one_round
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fault lab needs root")
+pytestmark = pytest.mark.needs_root
 
 S = Settings(rounds=1)
 GUARD = {"keepalive_interval": S.keepalive, "ping_timeout": S.ping_timeout}
@@ -66,7 +65,10 @@ def _round(lab, module, fault, clients, on_armed=None, envoys=None):
 def _assert_ok(o: Outcome, what: str) -> None:
     assert o.ok, f"{what}: {o.error}"
     assert o.verified, f"{what}: GET after the command did not read it back"
-    assert o.latency_ms < 500, f"{what}: first command after idle took {o.latency_ms:.0f} ms"
+    # Far below the clients' 2 s timeout (it did not wait on a dead link), with room for a
+    # busy 2-core machine: a tighter bound measures the machine, not the filter.
+    limit_ms = S.command_timeout_s * 1000 * 0.75
+    assert o.latency_ms < limit_ms, f"{what}: first command after idle took {o.latency_ms:.0f} ms"
 
 
 def test_router_namespace_is_private_and_forgets_idle_flows():
@@ -119,11 +121,20 @@ def test_c_redis_timeout(lab, module):
 def test_d_redis_restart(lab, module):
     """Redis's close reaches the client through plain Envoy too (Envoy relays the FIN); the
     filter counts it as a reconnect signal, and a pool that reconnects on close carries on.
-    The default RESP3 pool does not look at its connection and fails either way."""
+    The default RESP3 pool does not look at its connection and fails either way.
+
+    Controls, through plain Envoy: the fault bites the default pool; it does not bite the pool
+    that reconnects on close (declared in matrix.EXPECT_NO_BITE): what the filter adds under
+    (d) is the count, and that it does not keep a dead connection from the pool."""
     with RedisRestart() as fault:
         r, guard = _round(lab, module, fault, [RESP3, RESP3_RECONNECTS])
     plain = r[("plain", "resp3")]
     assert not plain.ok and "Connection closed by server." in plain.error, plain
+    guarded = r[("guard", "resp3")]
+    assert not guarded.ok and "Connection closed by server." in guarded.error, guarded
+    checked = r[("plain", "resp3-checked")]
+    assert checked.ok, ("(d) bit a pool that reconnects on close through plain Envoy: re-read "
+                        f"matrix.EXPECT_NO_BITE for (d): {checked}")
     _assert_ok(r[("guard", "resp3-checked")], "reconnecting pool through the filter")
     assert guard.guard_stat("reconnect_signals", 0) >= 1
 
@@ -140,27 +151,40 @@ def test_e_black_hole(lab, module):
         stats = guard.guard_stats()
         assert stats["reconnect_signals"] >= 1 and stats["keepalive.failed"] >= 1, stats
         # When does the idle client hear it? One raw connection, black-holed right after its
-        # last reply: the filter's PING goes out 1 s later and is given up 2 s after that.
+        # last reply: the filter's PING goes out 1 s later and is given up 2 s after that. The
+        # clock starts at the reply, as the filter's does, not after arm()'s conntrack call.
         with RawConnection(guard.address) as c:
             assert c.command("PING").raw == b"+PONG\r\n"
+            t_reply = time.monotonic()
             fault.arm()
-            waited, got, reset = c.wait_eof(timeout=6)
+            armed_s = time.monotonic() - t_reply
+            _, got, reset = c.wait_eof(timeout=8)
+            waited = time.monotonic() - t_reply
             fault.disarm()
-        print(f"black hole: idle client closed {waited:.2f}s after its last reply (reset={reset})")
-        assert got == b"" and 2.5 <= waited <= 4.0, waited
+        print(f"black hole: idle client closed {waited:.2f}s after its last reply (reset={reset}; "
+              f"arming took {armed_s:.2f}s)")
+        # Not before 1 s + ping_timeout; and by the end of that timeout, or of the next one if
+        # arming took longer than the first keepalive interval (then that PING was answered).
+        assert got == b"" and 2.5 <= waited <= 5.0, waited
 
 
 def test_f_slow_redis_is_not_closed(lab, module):
     """A control: Redis answers everything (the filter's PINGs too) up to 1.2 s late, below
     ping_timeout. Nothing may fail, and the filter must not take slowness for death."""
-    probe = {}
+    probe = {"ping_s": 0.0}
 
     def slow_probe():  # proof that the fault is real: a direct PING waits for the stall
-        time.sleep(0.1)
+        # Stalls run back to back with 50 ms gaps, from whenever the fault's thread gets going:
+        # one PING may land in a gap or before the first stall, so try a few, 0.3 s after the
+        # last answer (inside the next stall), and keep the longest wait.
         with RawConnection(fault.address) as c:
-            t0 = time.monotonic()
-            c.command("PING", timeout=5)
-            probe["ping_s"] = time.monotonic() - t0
+            for _ in range(4):
+                time.sleep(0.3)
+                t0 = time.monotonic()
+                c.command("PING", timeout=5)
+                probe["ping_s"] = max(probe["ping_s"], time.monotonic() - t0)
+                if probe["ping_s"] >= 0.8:
+                    break
 
     fault = SlowRedis(stall_s=1.2)
     with fault:
@@ -189,7 +213,7 @@ def test_g_crash_restart_filter_closes_at_once(lab, module):
     def watch(conn: RawConnection, name: str) -> None:
         t0 = time.monotonic()
         try:
-            waited, _, reset = conn.wait_eof(timeout=4)
+            waited, _, reset = conn.wait_eof(timeout=5)
             closed[name] = (waited, reset)
         except TimeoutError:
             closed[name] = None
@@ -213,14 +237,16 @@ def test_g_crash_restart_filter_closes_at_once(lab, module):
                 assert c.command("PING").raw == b"+PONG\r\n"
             r, guard = _round(lab, module, fault, [SYNC, RESP3_RECONNECTS], on_armed, envoys)
             for t in threads:
-                t.join(6)
+                t.join(7)
         finally:
             plain_raw.close()
             guard_raw.close()
     print("raw connections:", closed)
     assert closed["plain"] is None, "plain Envoy closed the idle connection: not a silent fault"
     assert closed["guard"] is not None, "the filter did not close the idle connection"
-    assert closed["guard"][0] <= 2.0, closed  # PING at ~1 s of quiet (arm was ~0.8 s in), RST back
+    # The next PING (each 1 s of quiet) meets the RST: about 1 s after the restart, with a
+    # second of room for a busy machine; plain Envoy stays silent for the watch's whole 5 s.
+    assert closed["guard"][0] <= 3.0, closed
     sync_plain, sync_guard = r[("plain", "sync")], r[("guard", "sync")]
     assert not sync_plain.ok and "reset" in sync_plain.error.lower(), sync_plain
     _assert_ok(sync_guard, "sync pool through the filter")
@@ -231,8 +257,10 @@ def test_g_crash_restart_filter_closes_at_once(lab, module):
 def test_matrix_claims_hold_for_every_client(module, tmp_path):
     """The short idle-death matrix for faults (a)-(f), every client (redis-py asyncio RESP3,
     RESP2, sync, and node's ioredis), `--strict`: exits 1 if any claim for the filter column
-    fails. (g), a Redis crash relayed to the client as a RST, is reported by `make matrix` and
-    is not claimed (see the README)."""
+    fails, if a cell where the fault did not bite plain tcp_proxy is not declared so (with its
+    reason) in matrix.EXPECT_NO_BITE, or if a fault bit no client at all. (g), a Redis crash
+    relayed to the client as a RST, is reported by `make matrix` and is not claimed (see
+    docs/idle-death-matrix.md)."""
     import sys
     from pathlib import Path
 
@@ -243,5 +271,8 @@ def test_matrix_claims_hold_for_every_client(module, tmp_path):
         capture_output=True, text=True, timeout=600)
     print(proc.stdout[-12000:])
     print(proc.stderr[-4000:])
-    assert proc.returncode == 0, "a matrix claim for the filter failed (table above)"
+    assert proc.returncode == 0, ("a matrix claim for the filter failed, or a cell the fault did "
+                                  "not bite is not declared (table above)")
     assert "ioredis" in proc.stdout, "the non-Python client did not run"
+    assert "Declared not to bite tcp_proxy alone" in proc.stdout
+    assert "VACUOUS" not in proc.stdout

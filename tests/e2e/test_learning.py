@@ -8,7 +8,6 @@ fault bites). Needs root, as `make test` has.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import re
 
@@ -17,7 +16,7 @@ import pytest
 from lab import learning
 from lab.faults import NatTimeout, Outage, RedisTimeout
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the fault lab needs root")
+pytestmark = pytest.mark.needs_root
 
 
 @pytest.mark.parametrize("fault_key", ["nat-drop-3s", "redis-timeout-2s"])
@@ -56,10 +55,11 @@ def test_learns_a_cutoff_it_is_not_told_and_then_no_connection_dies(lab, module,
     # Six more connections, spread over both workers: none dies. The worker that did not see
     # the deaths took the cutoff from the one that did (proxy-wasm shared data).
     assert r.later_deaths == [], f"connections died after the cutoff was learned: {r.later_deaths}"
-    # The kernel spreads connections over the workers (SO_REUSEPORT): when both got some, the
-    # one that saw no death must have taken the other's cutoff.
-    print("connections per worker:", r.per_worker)
-    if sum(1 for v in r.per_worker.values() if v > 0) > 1:
+    # The kernel spreads connections over the workers (SO_REUSEPORT): when both got some, each
+    # either saw a death itself (the pool's reconnects can land on either) or took the other's
+    # cutoff.
+    print("connections per worker:", r.per_worker, "; learned from deaths on", r.learned_on)
+    if sum(1 for v in r.per_worker.values() if v > 0) > 1 and len(r.learned_on) < 2:
         assert r.adopted_log, "no worker took the other's cutoff"
 
     # Learned: an idle spell past the cutoff no longer breaks a command; through plain Envoy it

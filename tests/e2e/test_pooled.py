@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import subprocess
 import time
 
@@ -39,7 +38,7 @@ COMMAND_TIMEOUT_S = 4.0   # clients' own timeout, above op_timeout: the error co
 GUARD = {"keepalive_interval": "1s", "ping_timeout": "2s", "probe_after": "2s"}
 CLIENTS = list(POOLED_CLIENTS)
 
-root_only = pytest.mark.skipif(os.geteuid() != 0, reason="the fault lab needs root")
+root_only = pytest.mark.needs_root
 
 
 @pytest.fixture

@@ -730,6 +730,7 @@ pub mod stat {
     pub const REFUSED: &str = "redis_idle_guard.keepalive.refused";
     pub const RECONNECT: &str = "redis_idle_guard.reconnect_signals";
     pub const PASSTHROUGH: &str = "redis_idle_guard.passthrough";
+    pub const PASSTHROUGH_TLS: &str = "redis_idle_guard.passthrough.tls";
     pub const CONNECTIONS: &str = "redis_idle_guard.connections";
     pub const IDLE_MS: &str = "redis_idle_guard.keepalive.idle_ms";
     pub const PROBE_HELD: &str = "redis_idle_guard.probe.held";

@@ -46,6 +46,7 @@ class RoundResult:
     ok: bool
     error: Optional[str]
     first_command_s: float  # latency of the first command after the idle spell (or time to error)
+    at: Optional[float] = None  # when that command was sent (time.time(), for a timeline)
 
 
 @dataclass
@@ -54,6 +55,7 @@ class IncidentResult:
     protocol: int
     idle_s: float
     rounds: List[RoundResult] = field(default_factory=list)
+    warmup_at: Optional[float] = None  # when the warm-up SET was sent (time.time())
 
     @property
     def errors(self) -> List[RoundResult]:
@@ -79,29 +81,36 @@ class IncidentResult:
                 + (f", e.g. {self.errors[0].error!r}" if self.errors else ""))
 
 
+def incident_key(key: str, label: str, protocol: int) -> str:
+    """The Redis key a run_incident() client writes: it tells that client's commands apart."""
+    return f"{key}:{label}:{protocol}"
+
+
 async def run_incident(address: Tuple[str, int], *, rounds: int, idle_s: float, protocol: int = 3,
                        label: str = "", key: str = "incident", progress=None,
                        **client_kwargs) -> IncidentResult:
     """Command → idle → command …, retries off; never raises for Redis errors, records them."""
     result = IncidentResult(label=label, protocol=protocol, idle_s=idle_s)
     client = make_async_client(address, protocol=protocol, **client_kwargs)
-    key = f"{key}:{label}:{protocol}"
+    key = incident_key(key, label, protocol)
     try:
+        result.warmup_at = time.time()
         await client.set(key, "warmup")
         assert await client.get(key) == b"warmup"
         for i in range(1, rounds + 1):
             await asyncio.sleep(idle_s)
-            t0 = time.perf_counter()
+            at, t0 = time.time(), time.perf_counter()
             try:
                 await client.set(key, str(i))
                 elapsed = time.perf_counter() - t0
                 got = await client.get(key)
                 if got != str(i).encode():
                     raise AssertionError(f"GET returned {got!r}, expected {i}")
-                result.rounds.append(RoundResult(i, True, None, elapsed))
+                result.rounds.append(RoundResult(i, True, None, elapsed, at))
             except (aioredis.RedisError, OSError, asyncio.TimeoutError) as exc:
                 elapsed = time.perf_counter() - t0
-                result.rounds.append(RoundResult(i, False, f"{type(exc).__name__}: {exc}", elapsed))
+                result.rounds.append(RoundResult(i, False, f"{type(exc).__name__}: {exc}", elapsed,
+                                                 at))
             if progress:
                 progress(label, result.rounds[-1])
     finally:

@@ -14,6 +14,7 @@ import shutil
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
@@ -69,6 +70,28 @@ def tcp_proxy_config(idle_timeout: Union[int, float, str, None]) -> Dict[str, An
     return {"name": "envoy.filters.network.tcp_proxy", "typed_config": cfg}
 
 
+@dataclass(frozen=True)
+class UpstreamTls:
+    """TLS origination on the Redis cluster: Envoy speaks TLS to Redis while the client (and the
+    filter) see plain RESP, as Istio does for a DestinationRule with `tls.mode: SIMPLE`."""
+    ca_file: Union[str, Path]  # the CA that must have signed Redis's certificate
+    sni: str                   # sent in the handshake, and the DNS name the certificate must carry
+
+
+def upstream_tls_transport_socket(tls: UpstreamTls) -> Dict[str, Any]:
+    """The cluster's transport_socket, as in envoy/tls.yaml. Envoy checks the certificate's
+    names only when told to (match_typed_subject_alt_names), so the SNI name is matched too."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": tls.sni,
+        "common_tls_context": {"validation_context": {
+            "trusted_ca": {"filename": str(tls.ca_file)},
+            "match_typed_subject_alt_names": [{"san_type": "DNS",
+                                               "matcher": {"exact": tls.sni}}],
+        }},
+    }}
+
+
 # The stats tag that turns the filter's per-upstream stat names into a label, as in
 # envoy/envoy.yaml (Istio: extraStatTags: [upstream_cluster] generates the same regex).
 UPSTREAM_CLUSTER_TAG = {"tag_name": "upstream_cluster",
@@ -83,6 +106,7 @@ class EnvoyProxy:
     configuration (dict, or a raw string). idle_timeout is tcp_proxy's idle_timeout (seconds or
     an Envoy duration string; None keeps Envoy's default of 1 h). cluster_options are merged
     into the Redis cluster (e.g. {"upstream_connection_options": {"tcp_keepalive": {...}}}).
+    upstream_tls: the cluster originates TLS to Redis (UpstreamTls), the client stays plain.
     The upstream is 127.0.0.1 or a fault-lab address behind a router namespace (faults.py).
     """
 
@@ -93,7 +117,8 @@ class EnvoyProxy:
                  concurrency: int = 1, name: Optional[str] = None,
                  log_level: str = "info", component_log_level: Optional[str] = None,
                  fail_open: bool = True, extra_args: Sequence[str] = (),
-                 cluster_options: Optional[Mapping[str, Any]] = None):
+                 cluster_options: Optional[Mapping[str, Any]] = None,
+                 upstream_tls: Optional[UpstreamTls] = None):
         host, port = upstream if isinstance(upstream, tuple) else upstream.address
         if not is_lab_address(host):
             raise LabError(f"the lab only proxies to {LOOPBACK} or lab addresses, not {host}")
@@ -108,6 +133,7 @@ class EnvoyProxy:
         self.fail_open = fail_open
         self.extra_args = list(extra_args)
         self.cluster_options = dict(cluster_options or {})
+        self.upstream_tls = upstream_tls
         self.workdir: Optional[Path] = None
         self.process: Optional[ManagedProcess] = None
         self.admin_port: Optional[int] = None
@@ -135,6 +161,8 @@ class EnvoyProxy:
                     "socket_address": {"address": host, "port_value": port}}}}]}],
             },
         }
+        if self.upstream_tls is not None:
+            cluster["transport_socket"] = upstream_tls_transport_socket(self.upstream_tls)
         cluster.update(self.cluster_options)
         extensions = self.module.bootstrap_extensions() if self.module is not None else []
         return {

@@ -262,6 +262,7 @@ class Fault:
 
     cutoff_s: idle time after which an idle connection is dead (None if the fault starts at
     arm() instead). expect_bite: whether an unfiltered chain should see errors at all.
+    tls: Redis speaks only TLS (RedisServer(tls=True): `redis.ca_path` is its CA).
     """
 
     key = "?"
@@ -270,14 +271,23 @@ class Fault:
     arm_at_s: Optional[float] = None
     expect_bite = True
 
-    def __init__(self, *, redis_timeout: int = 0) -> None:
+    def __init__(self, *, redis_timeout: int = 0, tls: bool = False) -> None:
         self.topology = Topology()
         self.redis_timeout = redis_timeout
+        self.tls = tls
         self.redis: Optional[RedisServer] = None
+        self.more_redises: List[RedisServer] = []  # add_redis(): e.g. Redis Cluster masters
         self.armed = False
+        self.extra_redis_config: Dict[str, str] = {}
 
     def redis_config(self) -> Dict[str, str]:
         return {}
+
+    def with_redis_config(self, config: Dict[str, str]) -> "Fault":
+        """More redis.conf lines for the Redis this fault starts (requirepass, ACL `user`
+        lines, ...); call before setup()."""
+        self.extra_redis_config.update(config)
+        return self
 
     def configure_router(self) -> None:
         """Fault-specific sysctls and iptables rules in the router, before Redis starts."""
@@ -287,12 +297,26 @@ class Fault:
         try:
             self.configure_router()
             self.redis = RedisServer(timeout=self.redis_timeout, bind=self.topology.redis_addr,
-                                     netns=self.topology.redis_ns, extra_config=self.redis_config(),
-                                     name=f"redis-{self.key}").start()
+                                     netns=self.topology.redis_ns,
+                                     extra_config={**self.redis_config(),
+                                                   **self.extra_redis_config},
+                                     name=f"redis-{self.key}", tls=self.tls).start()
         except BaseException:
             self.teardown()
             raise
         return self
+
+    def add_redis(self, *, port: Optional[int] = None,
+                  extra_config: Optional[Dict[str, str]] = None, name: str = "") -> RedisServer:
+        """Start one more Redis behind this fault: the same namespace and address, its own
+        port, the fault's `timeout` and Redis config plus extra_config (tests/lab/cluster.py
+        puts a Redis Cluster's masters here). Stopped on teardown; arm() acts on `redis` only."""
+        config = {**self.redis_config(), **(extra_config or {})}
+        redis = RedisServer(timeout=self.redis_timeout, port=port, bind=self.topology.redis_addr,
+                            netns=self.topology.redis_ns, extra_config=config,
+                            name=name or f"redis-{self.key}-{len(self.more_redises) + 2}")
+        self.more_redises.append(redis)
+        return redis.start()
 
     def arm(self) -> None:
         """Start the fault now (mid-idle). No-op for faults driven by an idle cutoff."""
@@ -307,6 +331,8 @@ class Fault:
             if self.armed:
                 self.disarm()
         finally:
+            for redis in self.more_redises:
+                redis.stop()
             if self.redis is not None:
                 self.redis.stop()
             self.topology.teardown()
@@ -333,8 +359,8 @@ class NatTimeout(Fault):
     in the router, tcp_loose=0 (a mid-stream packet never re-creates a flow), and INVALID
     packets dropped (mode "drop") or answered with a TCP reset (mode "reset")."""
 
-    def __init__(self, mode: str = "drop", cutoff_s: int = 2) -> None:
-        super().__init__()
+    def __init__(self, mode: str = "drop", cutoff_s: int = 2, *, tls: bool = False) -> None:
+        super().__init__(tls=tls)
         if mode not in ("drop", "reset"):
             raise ValueError(mode)
         self.mode = mode
@@ -381,8 +407,8 @@ class RedisTimeout(Fault):
 
     key = "c"
 
-    def __init__(self, cutoff_s: int = 2) -> None:
-        super().__init__(redis_timeout=cutoff_s)
+    def __init__(self, cutoff_s: int = 2, *, tls: bool = False) -> None:
+        super().__init__(redis_timeout=cutoff_s, tls=tls)
         self.cutoff_s = cutoff_s + 1  # worst case, see above
         self.title = f"Redis `timeout {cutoff_s}`"
 

@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Set
 
 _HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0]).resolve() == _HERE:
@@ -55,6 +55,8 @@ class LearningRun:
     learned: Dict[str, float] = field(default_factory=dict)
     later_deaths: List[float] = field(default_factory=list)
     adopted_log: List[str] = field(default_factory=list)
+    # The Envoy threads (workers) that learned a cutoff from deaths they saw themselves.
+    learned_on: Set[str] = field(default_factory=set)
     guarded_reuse: List[Optional[str]] = field(default_factory=list)
     plain_reuse: List[Optional[str]] = field(default_factory=list)
     prometheus: List[str] = field(default_factory=list)
@@ -129,8 +131,12 @@ def run(guard: EnvoyProxy, plain: EnvoyProxy,
     say(f"  2. {SLOTS_AFTER} more connections (over both Envoy workers) idle {AFTER_S:.0f} s")
     asyncio.run(idle_pool(SLOTS_AFTER, AFTER_S, result.later_deaths))
     say(f"     deaths: {len(result.later_deaths)}")
+    log_lines = guard.log_text().splitlines()
     result.adopted_log = [ln.split("redis-idle-guard: ", 1)[-1]
-                          for ln in guard.log_text().splitlines() if "another worker learned" in ln]
+                          for ln in log_lines if "another worker learned" in ln]
+    # Envoy's log line carries its thread in the second bracket: "[time][thread][level]…".
+    result.learned_on = {ln.split("][", 2)[1] for ln in log_lines
+                         if "connections died after" in ln and "][" in ln}
 
     say(f"  3. 4 connections through each Envoy: SET, idle {reuse_idle_s:g} s, GET")
 

@@ -229,3 +229,43 @@ class RawConnection:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class ExactClient:
+    """A RawConnection that keeps every frame it asked for (replies, and messages it read), to
+    check at the end that it received exactly those bytes and nothing else."""
+
+    def __init__(self, address: Tuple[str, int], label: str, timeout: float = 5.0):
+        self.label = label
+        self.conn = RawConnection(address, timeout=timeout)
+        self.frames: List[bytes] = []
+
+    def ask(self, *args: Arg) -> Frame:
+        self.conn.send_command(*args)
+        return self.read()
+
+    def read(self) -> Frame:
+        frame = self.conn.read_frame()
+        self.frames.append(frame.raw)
+        return frame
+
+    def ask_ok(self, *args: Arg) -> None:
+        raw = self.ask(*args).raw
+        assert raw == b"+OK\r\n", f"{self.label}: {args[0]!r} → {raw!r}"
+
+    def set_then_get(self, value: str, key: Optional[str] = None) -> None:
+        """SET then GET, checking both replies (the key: one per label unless given)."""
+        key = key or f"exact:{self.label}"
+        self.ask_ok("SET", key, value)
+        got = self.ask("GET", key).raw
+        assert got == b"$%d\r\n%s\r\n" % (len(value), value.encode()), f"{self.label}: {got!r}"
+
+    def assert_exact(self, quiet_s: float = 0.3) -> None:
+        """Nothing more arrives within quiet_s, and all that did is the frames it asked for."""
+        extra = self.conn.expect_silence(quiet_s)
+        assert extra == b"", f"{self.label}: stray bytes {extra!r}"
+        got, wanted = bytes(self.conn.received), b"".join(self.frames)
+        assert got == wanted, f"{self.label}: received {got!r}, asked for {wanted!r}"
+
+    def close(self) -> None:
+        self.conn.close()

@@ -1,19 +1,14 @@
 //! A fake world around one Session: Vec-backed host buffers and a fake clock.
 #![allow(dead_code, clippy::unwrap_used, clippy::indexing_slicing)]
 
+pub mod coverage;
 pub mod harness;
+pub mod redis_model;
 
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{Buffer, Session, TickAction, PING};
 
-/// Encode a command as a RESP array of bulk strings.
-pub fn cmd(words: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", words.len()).into_bytes();
-    for w in words {
-        out.extend_from_slice(format!("${}\r\n{}\r\n", w.len(), w).as_bytes());
-    }
-    out
-}
+pub use redis_model::cmd;
 
 /// One callback's buffer, as the host holds it.
 pub struct VecBuffer {
