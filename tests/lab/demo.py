@@ -9,6 +9,10 @@ Envoy with plain tcp_proxy and one with the filter in front of tcp_proxy (keepal
 a redis.asyncio client (RESP3, retries off, one connection) through each: N rounds of
 "idle 3 s, then SET + GET", prints a before/after table and the filter's stats, and stops
 everything it started (also on Ctrl-C). Loopback only.
+
+It also draws the run (tests/lab/plot.py, if matplotlib is installed): per client, its commands
+(ok / error), the filter's keepalive PINGs as Redis's MONITOR shows them, and its connections
+as Redis's CLIENT LIST shows them, in .lab/demo.png (the data in .lab/demo-timeline.json).
 """
 
 from __future__ import annotations
@@ -18,16 +22,21 @@ import asyncio
 import sys
 import time
 from pathlib import Path
+from typing import Dict, List, Sequence
 
 _HERE = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0]).resolve() == _HERE:
     sys.path.pop(0)  # run as a script: import the lab as a package, not its modules one by one
 sys.path.insert(0, str(_HERE.parent))
 
-from lab import EnvoyProxy, LabError, RedisServer, run_incident  # noqa: E402
+from lab import EnvoyProxy, IncidentResult, LabError, RedisServer, run_incident  # noqa: E402
+from lab.clients import incident_key  # noqa: E402
 from lab.procs import install_sigterm_handler, lab_dir, live_processes, stop_all  # noqa: E402
+from lab.plot import Command, Connection, Timeline, timelines_to_json  # noqa: E402
+from lab.redis_watch import RedisWatch, SeenClient  # noqa: E402
 
 REDIS_TIMEOUT = 2
+KEY = "demo"
 
 
 def say(msg: str) -> None:
@@ -45,6 +54,40 @@ def table(rows, headers) -> str:
     out += [" | ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows]
     out.append(line)
     return "\n".join(out)
+
+
+def build_timelines(results: Sequence[IncidentResult], seen: Sequence[SeenClient],
+                    titles: Dict[str, str]) -> List[Timeline]:
+    """One timeline per client run, in seconds since the first warm-up: its commands as the
+    client saw them, and the connections (and their PINGs) that carried its key at Redis."""
+    t0 = min(r.warmup_at for r in results)
+    out = []
+    for r in results:
+        key = incident_key(KEY, r.label, r.protocol)
+        mine = [c for c in seen if any(key in cmd.args for cmd in c.commands)]
+        t = Timeline(titles.get(r.label, r.label))
+        t.commands = [Command(r.warmup_at - t0, True, warmup=True)]
+        t.commands += [Command(x.at - t0, x.ok, x.error or "") for x in r.rounds]
+        # The filter is the only sender of PING here: redis-py's health checks are off.
+        t.keepalives = sorted(cmd.at - t0 for c in mine for cmd in c.commands
+                              if cmd.name == "PING")
+        t.connections = [Connection(c.opened - t0, None if c.closed is None else c.closed - t0)
+                         for c in mine]
+        out.append(t)
+    return out
+
+
+def draw(timelines: Sequence[Timeline], title: str, note: str) -> List[Path]:
+    """.lab/demo-timeline.json, and .lab/demo.png when matplotlib is there."""
+    base = lab_dir().parent
+    data = base / "demo-timeline.json"
+    data.write_text(timelines_to_json(timelines, title, note))
+    try:
+        from lab.plot import plot_demo
+        return [data, plot_demo(timelines, base / "demo.png", title=title, note=note)]
+    except ImportError as exc:
+        say(f"no picture ({exc}): `make setup-py` installs matplotlib")
+        return [data]
 
 
 def main() -> int:
@@ -94,12 +137,17 @@ def main() -> int:
                         return await asyncio.gather(
                             run_incident(plain.address, rounds=args.rounds, idle_s=args.idle,
                                          protocol=args.protocol, label="without filter",
-                                         key="demo", progress=progress),
+                                         key=KEY, progress=progress),
                             run_incident(guard.address, rounds=args.rounds, idle_s=args.idle,
                                          protocol=args.protocol, label="with filter",
-                                         key="demo", progress=progress))
+                                         key=KEY, progress=progress))
 
-                    before, after = asyncio.run(both())
+                    direct = redis.direct()
+                    redis_version = direct.info("server")["redis_version"]
+                    direct.close()
+                    with RedisWatch(redis.address) as watch:
+                        before, after = asyncio.run(both())
+                        time.sleep(3 * watch.poll_s)  # the clients' last closes reach the poll
                     stats = guard.guard_stats()
                     prom = [line for line in guard.prometheus_text().splitlines()
                             if line.startswith("redis_idle_guard_") and "_bucket" not in line]
@@ -145,6 +193,20 @@ def main() -> int:
     for line in prom:
         print(f"  {line}")
     print()
+    titles = {"without filter": "without the filter (Envoy tcp_proxy)",
+              "with filter": f"with redis-idle-guard (keepalive_interval {args.keepalive})"}
+    title = (f"The incident: Redis `timeout {REDIS_TIMEOUT}` closes connections idle > "
+             f"{REDIS_TIMEOUT} s; the client idles {args.idle:g} s between commands")
+    note = (f"{time.strftime('%Y-%m-%d')}, tests/lab/demo.py: redis-server {redis_version}, "
+            f"Envoy 1.40, redis.asyncio RESP{args.protocol}, one connection, retries off. "
+            "Commands and errors as the client saw them; keepalive PINGs from Redis's MONITOR; "
+            f"connections from Redis's CLIENT LIST every {watch.poll_s * 1000:.0f} ms.")
+    timelines = build_timelines([before, after], watch.clients, titles)
+    pings = len(timelines[1].keepalives)
+    say(f"keepalive PINGs seen by Redis: {pings} (filter's keepalive.sent: "
+        f"{stats.get('keepalive.sent', 'n/a')})")
+    for path in draw(timelines, title, note):
+        say(f"wrote {path}")
     left = live_processes()
     say(f"done in {time.monotonic() - t_start:.1f} s; processes left running: {len(left)}; "
         f"logs in {lab_dir()}")
