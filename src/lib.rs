@@ -21,7 +21,6 @@ pub mod duration;
 pub mod host;
 pub mod idle_cutoff;
 pub mod metrics;
-pub mod probe;
 pub mod reply_queue;
 pub mod report;
 pub mod resp;

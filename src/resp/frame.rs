@@ -1,6 +1,6 @@
 //! What the framer reports: the frame types, the [`Capture`] of a frame's first items, the
 //! [`Side`] a framer reads and its [`Limits`]. Apart from the framer so that code that reads
-//! frames (command.rs, session.rs) needs only this file; the framer fills captures through the
+//! frames (command.rs, session/) needs only this file; the framer fills captures through the
 //! `pub(super)` items here.
 
 /// Which side of the connection a framer reads.

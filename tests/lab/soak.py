@@ -1277,7 +1277,7 @@ def memory_verdict(result: SoakResult) -> Tuple[List[str], List[str]]:
     Native: every step from one such checkpoint to the next, and the growth from the first to
     the last, within the tolerance. Wasm: a checkpoint's value is the high-water mark of all
     before it, and the cycles that delay PINGs (stalls, restart, black hole) hold up to 64 KiB
-    of client bytes per connection (src/probe.rs MAX_HELD) and may set a new one, once; so the
+    of client bytes per connection (src/session/probe.rs MAX_HELD) and may set a new one, once; so the
     steps judged are the cycles in MEMORY_CALM, each and in sum within one page per worker: a
     leak grows the memory in those too, cycle after cycle."""
     tol = memory_tolerance(result.build)

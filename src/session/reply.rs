@@ -1,0 +1,291 @@
+//! The reply pass: Redis's bytes on their way to the client. Each complete reply takes its
+//! place in the reply queue; the filter's own (answers to its PINGs) are verified and cut out.
+//!
+//! # How its reply is recognised and removed
+//! The PING carries a token, `PING redis-idle-guard`. The reply queue knows, in wire order,
+//! whose each reply is; pushes (`>`) and, on a RESP2 subscribed connection, pubsub-shaped arrays
+//! (`message`, `subscribe`, …) are out of band and never take a place in it. A reply in a
+//! filter place is removed only if it is exactly `$16\r\nredis-idle-guard\r\n` (RESP2 subscribed:
+//! `*2 $4 pong $16 redis-idle-guard`) or an error (`-NOAUTH`, `-LOADING`…); anything else means
+//! we lost track, and the filter steps aside rather than guess. A filter reply split across
+//! reads is cut from the first read and held (it is at most a few dozen bytes), and put back
+//! at the front of the next read if it turns out not to be ours.
+
+use super::modes::Modes;
+use super::window::{frame_buffer, LoopStop};
+use super::{Buffer, Event, Follow, Session, StepAside};
+use crate::duration::Millis;
+use crate::reply_queue::Expect;
+use crate::resp::{Frame, FrameKind};
+
+const PONG_BULK: &[u8] = b"$16\r\nredis-idle-guard\r\n";
+/// What a RESP2 connection in subscribed mode answers instead. Either shape is accepted in a
+/// filter place: after the last UNSUBSCRIBE, Redis answers with the bulk form again.
+const PONG_RESP2_PUBSUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";
+
+fn is_filter_reply(bytes: &[u8]) -> bool {
+    bytes == PONG_BULK || bytes == PONG_RESP2_PUBSUB
+}
+
+/// The first bytes of a reply that may still turn out to be the filter's.
+fn may_be_filter_reply(head: &[u8]) -> bool {
+    PONG_BULK.starts_with(head)
+        || PONG_RESP2_PUBSUB.starts_with(head)
+        || matches!(head.first(), Some(b'-' | b'!'))
+}
+/// An error answering our PING (NOAUTH, LOADING, MASTERDOWN…) is short; longer is not ours.
+const MAX_OWN_REPLY: usize = 512;
+
+fn is_pubsub_array(frame: &Frame) -> bool {
+    const KINDS: &[&[u8]] = &[
+        b"message",
+        b"pmessage",
+        b"smessage",
+        b"subscribe",
+        b"psubscribe",
+        b"ssubscribe",
+        b"unsubscribe",
+        b"punsubscribe",
+        b"sunsubscribe",
+    ];
+    frame.kind == FrameKind::Aggregate
+        && matches!(frame.capture.count(), 3 | 4)
+        && frame
+            .capture
+            .item(0)
+            .is_some_and(|w| KINDS.iter().any(|k| w.eq_ignore_ascii_case(k)))
+}
+
+/// A reply in a filter place: its stream offsets (start, end) and whether it is an error.
+type OwnReply = (u64, u64, bool);
+
+/// What the reply loop decided about each complete frame of one read.
+struct ReplyPass<'a> {
+    modes: &'a mut Modes,
+    follow: &'a mut Follow,
+    /// Complete filter replies in this read, to verify and remove.
+    ours: Vec<OwnReply>,
+    lost: Option<&'static str>,
+    last_end: &'a mut u64,
+}
+
+impl ReplyPass<'_> {
+    fn on_reply(&mut self, frame: &Frame) {
+        *self.last_end = frame.end;
+        if *self.follow == Follow::Detached || self.lost.is_some() {
+            return;
+        }
+        if *self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
+            *self.follow = Follow::Detached;
+            return;
+        }
+        if frame.kind == FrameKind::Push
+            || (!self.modes.resp3 && self.modes.subscribed && is_pubsub_array(frame))
+        {
+            return;
+        }
+        match self.modes.queue.pop() {
+            None => self.lost = Some("a reply no request accounts for"),
+            Some(Expect::Client | Expect::ClientBlocking) => {}
+            Some(Expect::ClientHello(v)) => {
+                if frame.kind != FrameKind::Error {
+                    self.modes.resp3 = v == 3;
+                }
+            }
+            Some(Expect::ClientReset) => {
+                if frame.kind != FrameKind::Error {
+                    self.modes.resp3 = false;
+                    self.modes.subscribed = false;
+                    self.modes.in_multi = false;
+                }
+            }
+            Some(Expect::Filter) => {
+                self.ours
+                    .push((frame.start, frame.end, frame.kind == FrameKind::Error))
+            }
+        }
+    }
+}
+
+impl Session {
+    /// A time to use for Redis bytes arriving now, instead of reading the clock: the last
+    /// activity, while only prompt client replies are owed (no PING of the filter's, no probe,
+    /// no blocked command, no idle spell being measured). It is never later than the real time
+    /// and behind it by the reply's latency, which errs on the safe side: a keepalive a little
+    /// early, a probe a little eager. None: read the clock.
+    pub fn reply_time_hint(&self) -> Option<Millis> {
+        let q = &self.modes.queue;
+        (self.follow == Follow::Active
+            && !self.closed
+            && self.probe.is_none()
+            && self.spell.is_none()
+            && self.carry.is_empty()
+            && q.front() == Some(Expect::Client)
+            && q.filter_pending() == 0)
+            .then_some(self.last_activity)
+    }
+
+    /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
+    pub fn on_server_data(&mut self, now: Millis, buf: &mut impl Buffer) {
+        if !buf.is_empty() || !self.carry.is_empty() {
+            if let Some(idle_ms) = self.spell.take() {
+                self.events.push(Event::IdleSurvived { idle_ms });
+            }
+            self.last_activity = now;
+            self.last_upstream = now;
+            self.upstream_seen = true;
+        }
+        if self.follow == Follow::Detached {
+            return;
+        }
+        // Put back the held head of a frame, in front of the bytes that follow it.
+        let carried = std::mem::take(&mut self.carry);
+        if !carried.is_empty() && !buf.replace_prefix(0, &carried) {
+            self.detach(StepAside::HostRefused);
+            return;
+        }
+        let base = self.replies.offset().saturating_sub(carried.len() as u64);
+        let filter_before = self.modes.queue.filter_pending();
+        let (result, ours, lost) = self.frame_replies(buf, carried.len());
+        let first_answer = self.events.len();
+        let (mut cuts, lost) = self.verify_own_replies(buf, base, ours, lost);
+        let answered = !cuts.is_empty();
+
+        let why = match result {
+            Err(LoopStop::HostRead) => {
+                self.detach(StepAside::HostRefused);
+                return;
+            }
+            Err(LoopStop::Parse(e)) => Some(StepAside::ReplyParse(e)),
+            Ok(()) => lost.map(StepAside::LostTrack),
+        };
+        if let Some(why) = why {
+            self.apply_cuts(buf, &cuts);
+            self.detach(why);
+            return;
+        }
+        self.hold_partial_reply(buf, base, &mut cuts);
+        if !self.apply_cuts(buf, &cuts) {
+            self.carry.clear();
+            self.detach(StepAside::HostRefused);
+            return;
+        }
+        if answered {
+            self.probe_answered(now, first_answer);
+        }
+        self.follow_ping_clock(now, answered, filter_before);
+        if self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
+            self.follow = Follow::Detached;
+        }
+    }
+
+    /// Frame the read from `from` (after the carried head): each complete reply takes its place
+    /// in the queue. How the framing stopped, the filter replies met, and why track was lost.
+    fn frame_replies(
+        &mut self,
+        buf: &mut impl Buffer,
+        from: usize,
+    ) -> (Result<(), LoopStop>, Vec<OwnReply>, Option<&'static str>) {
+        let mut pass = ReplyPass {
+            modes: &mut self.modes,
+            follow: &mut self.follow,
+            ours: Vec::new(),
+            lost: None,
+            last_end: &mut self.reply_frame_end,
+        };
+        let window = &mut self.rep_window;
+        let result = self
+            .replies
+            .with(|f| frame_buffer(f, buf, from, window, &mut |fr| pass.on_reply(fr)));
+        (result, pass.ours, pass.lost)
+    }
+
+    /// Check that each reply in a filter place is the filter's, and return what to cut, in
+    /// buffer positions (`base` is the stream offset of the buffer's first byte).
+    fn verify_own_replies(
+        &mut self,
+        buf: &mut impl Buffer,
+        base: u64,
+        ours: Vec<OwnReply>,
+        mut lost: Option<&'static str>,
+    ) -> (Vec<(usize, usize)>, Option<&'static str>) {
+        let mut cuts: Vec<(usize, usize)> = Vec::new();
+        for (start, end, is_error) in ours {
+            let (Some(s), Some(e)) = (start.checked_sub(base), end.checked_sub(base)) else {
+                lost.get_or_insert("a filter reply began in a read already passed on");
+                break;
+            };
+            let (s, e) = (s as usize, e as usize);
+            let genuine = is_error
+                || (e - s <= PONG_RESP2_PUBSUB.len()
+                    && buf.read(s, e - s).is_some_and(is_filter_reply));
+            if !genuine {
+                lost.get_or_insert("a filter place held a reply that is not the filter's");
+                break;
+            }
+            cuts.push((s, e));
+            self.events.push(Event::KeepaliveAnswered);
+        }
+        (cuts, lost)
+    }
+
+    /// A partial frame at the end of the read that may be the filter's: cut its head and hold
+    /// it until the next read tells.
+    fn hold_partial_reply(
+        &mut self,
+        buf: &mut impl Buffer,
+        base: u64,
+        cuts: &mut Vec<(usize, usize)>,
+    ) {
+        if self.replies.at_boundary()
+            || self.follow == Follow::Detached
+            || !self.modes.queue.filter_at_front()
+        {
+            return;
+        }
+        let Some(s) = self.reply_frame_end.checked_sub(base) else {
+            return;
+        };
+        let s = s as usize;
+        let size = buf.len();
+        if size > s && size - s <= MAX_OWN_REPLY {
+            let head = buf
+                .read(s, size - s)
+                .filter(|h| h.len() == size - s && may_be_filter_reply(h));
+            if let Some(head) = head {
+                self.carry = head.to_vec();
+                cuts.push((s, size));
+            }
+        }
+    }
+
+    /// The ping clock follows whichever filter PING is now at the front.
+    fn follow_ping_clock(&mut self, now: Millis, answered: bool, filter_before: u32) {
+        let front = self.modes.queue.filter_at_front();
+        if answered || filter_before != self.modes.queue.filter_pending() || !front {
+            self.ping_clock = front.then_some(now);
+        } else if self.ping_clock.is_none() {
+            // A blocked command's reply just put a filter PING at the front.
+            self.ping_clock = Some(now);
+        }
+    }
+
+    /// Remove `cuts` (sorted, disjoint buffer ranges) with one host write.
+    fn apply_cuts(&mut self, buf: &mut impl Buffer, cuts: &[(usize, usize)]) -> bool {
+        let Some(&(_, upto)) = cuts.last() else {
+            return true;
+        };
+        let mut kept = Vec::new();
+        let mut pos = 0;
+        for &(s, e) in cuts {
+            if s > pos {
+                let Some(bytes) = buf.read(pos, s - pos) else {
+                    return false;
+                };
+                kept.extend_from_slice(bytes);
+            }
+            pos = e;
+        }
+        buf.replace_prefix(upto, &kept)
+    }
+}
