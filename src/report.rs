@@ -4,7 +4,7 @@
 use crate::duration::format_duration;
 use crate::host::{ConnectionId, Host};
 use crate::metrics::{Metric, UpstreamMetric as U};
-use crate::session::{CloseReason, Event, StepAside};
+use crate::session::{CloseReason, Event, PassthroughReason};
 use crate::upstream::UpstreamId;
 
 fn close_reason(r: CloseReason) -> &'static str {
@@ -13,7 +13,7 @@ fn close_reason(r: CloseReason) -> &'static str {
         CloseReason::InjectionRefused => {
             "host refused the keepalive PING; closing the idle connection before it goes stale"
         }
-        CloseReason::UpstreamClosed => {
+        CloseReason::ServerClosed => {
             "the Redis side closed (or Envoy closed the connection) while the client was idle"
         }
         CloseReason::ProbeFailed => {
@@ -22,16 +22,16 @@ fn close_reason(r: CloseReason) -> &'static str {
     }
 }
 
-fn step_aside_reason(s: &StepAside) -> String {
+fn passthrough_reason(s: &PassthroughReason) -> String {
     match s {
-        StepAside::RequestParse(e) => format!("client sent bytes that are not RESP ({e})"),
-        StepAside::ReplyParse(e) => format!("Redis sent bytes that are not RESP ({e})"),
-        StepAside::LostTrack(why) => format!("lost track of replies: {why}"),
-        StepAside::Monitor => "MONITOR".to_string(),
-        StepAside::Replication => "replication stream".to_string(),
-        StepAside::ModeChangeInMulti => "mode change queued inside MULTI".to_string(),
-        StepAside::HostRefused => "a host call failed".to_string(),
-        StepAside::Tls => {
+        PassthroughReason::RequestParse(e) => format!("client sent bytes that are not RESP ({e})"),
+        PassthroughReason::ReplyParse(e) => format!("Redis sent bytes that are not RESP ({e})"),
+        PassthroughReason::LostTrack(why) => format!("lost track of replies: {why}"),
+        PassthroughReason::Monitor => "MONITOR".to_string(),
+        PassthroughReason::Replication => "replication stream".to_string(),
+        PassthroughReason::ModeChangeInMulti => "mode change queued inside MULTI".to_string(),
+        PassthroughReason::HostRefused => "a host call failed".to_string(),
+        PassthroughReason::Tls => {
             "the client speaks TLS to Redis (encrypted end to end: originate TLS in Envoy instead)"
                 .to_string()
         }
@@ -92,12 +92,12 @@ pub fn events(
             }
             Event::Passthrough(ref why) => {
                 host.add(Metric::Passthrough, 1);
-                if *why == StepAside::Tls {
+                if *why == PassthroughReason::Tls {
                     host.add(Metric::PassthroughTls, 1);
                 }
                 log::info!(
                     "connection {id}: passing through untouched from now on: {}",
-                    step_aside_reason(why)
+                    passthrough_reason(why)
                 );
             }
         }

@@ -147,7 +147,11 @@ fn measure_requests(config_name: &str, plugin_config: &str, w: &Workload) {
     let calls = host_call_delta(&calls_before, e.host_calls());
     let call_total: u64 = calls.values().sum();
     let malloc = e.malloc_fuel() - malloc_before;
-    assert_eq!(e.stat(stat::PASSTHROUGH), 0, "the filter stepped aside");
+    assert_eq!(
+        e.stat(stat::PASSTHROUGH),
+        0,
+        "the filter went to passthrough"
+    );
     println!(
         "BENCH_INSTR {{\"kind\":\"request\",\"config\":\"{config_name}\",\"op\":\"{}\",\"pipeline\":{},\"size\":{},\"requests\":{n},\
 \"fuel_downstream\":{:.1},\"fuel_upstream\":{:.1},\"fuel_total\":{:.1},\"fuel_malloc\":{:.1},\"host_calls\":{:.2},\"host_calls_by_name\":{}}}",

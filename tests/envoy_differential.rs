@@ -337,7 +337,7 @@ fn scenarios() -> Vec<Scenario> {
             steps: [
                 warm(),
                 vec![client(junk), Wait(100), redis(protocol_error)],
-                // Idle longer than the interval: no keepalive once stepped aside.
+                // Idle longer than the interval: no keepalive in passthrough.
                 vec![Wait(800), client(&get()), Wait(100), redis(PONG), Wait(100)],
             ]
             .concat(),

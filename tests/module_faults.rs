@@ -164,11 +164,7 @@ fn bytes_that_are_not_resp_from_the_client_pass_through_untouched() {
     assert_eq!(e.take_client(c), b"-ERR Protocol error\r\n");
     assert_eq!(e.stat(stat::PASSTHROUGH), 1);
     e.advance(10_000);
-    assert_eq!(
-        e.take_redis(c),
-        b"",
-        "no keepalive once the filter stepped aside"
-    );
+    assert_eq!(e.take_redis(c), b"", "no keepalive in passthrough");
     // And everything after flows untouched, including something that looks like our reply.
     e.client_send(c, &cmd(&["GET", "k"]));
     e.redis_send(c, PONG);
@@ -211,7 +207,7 @@ fn bytes_that_are_not_resp_from_redis_pass_through_untouched() {
 }
 
 #[test]
-fn a_reply_nobody_asked_for_makes_the_filter_step_aside() {
+fn a_reply_nobody_asked_for_makes_the_filter_pass_through() {
     let mut e = Envoy::load(CONFIG).unwrap();
     let c = warm(&mut e);
     e.redis_send(c, b"+OK\r\n");
@@ -320,7 +316,7 @@ fn a_connection_that_never_sent_a_byte_is_kept_and_its_first_command_probed() {
 }
 
 #[test]
-fn host_refusing_continue_makes_the_filter_step_aside_without_losing_bytes() {
+fn host_refusing_continue_makes_the_filter_pass_through_without_losing_bytes() {
     let mut e = Envoy::start(Options {
         plugin_config: CONFIG.into(),
         faults: Faults {

@@ -187,7 +187,7 @@ fn no_keepalive_under_client_reply_off_or_skip() {
 }
 
 #[test]
-fn monitor_makes_the_filter_step_aside() {
+fn monitor_makes_the_filter_pass_through() {
     let mut e = Envoy::load(CONFIG).unwrap();
     let c = e.connect();
     exchange(&mut e, c, &cmd(&["MONITOR"]), b"+OK\r\n");

@@ -489,7 +489,7 @@ fn scenario(seed: u64, totals: &mut Totals) -> Result<(), String> {
         return Err(r.fail("client bytes never reached Redis"));
     }
     if r.e.stat(stat::PASSTHROUGH) != 0 {
-        return Err(r.fail("the filter stepped aside on valid traffic"));
+        return Err(r.fail("passthrough on valid traffic"));
     }
     if !r.e.is_open(r.c) {
         return Err(r.fail("the connection was closed"));

@@ -88,7 +88,7 @@ fn run(ops: &[Op], resp3: bool, coverage: &Coverage) -> Result<(), TestCaseError
                         Cmd::Get
                     }
                     // Redis refuses these while RESP2-subscribed; the filter cannot tell a refused
-                    // MULTI from an open one until its reply, and steps aside if a mode change
+                    // MULTI from an open one until its reply, and goes to passthrough if a mode change
                     // follows. Real pubsub clients send neither.
                     Cmd::ReplyOff | Cmd::ReplyOn | Cmd::Multi if restricted => Cmd::Ping,
                     Cmd::Subscribe(_) | Cmd::Unsubscribe(_) | Cmd::Multi if redis.reply_off => {

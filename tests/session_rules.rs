@@ -9,7 +9,7 @@
 mod support;
 
 use redis_idle_guard::config::Config;
-use redis_idle_guard::session::{CloseReason, Event, StepAside, TickAction, PING};
+use redis_idle_guard::session::{CloseReason, Event, PassthroughReason, TickAction, PING};
 use support::{cmd, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
@@ -187,7 +187,7 @@ fn resp2_client_ping_while_subscribed_reaches_the_client() {
     w.client(&cmd(&["PING"]));
     w.server(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n");
     assert!(w.to_client.ends_with(b"*2\r\n$4\r\npong\r\n$0\r\n\r\n"));
-    assert!(!w.session.is_detached());
+    assert!(!w.session.is_passthrough());
 }
 
 #[test]
@@ -248,25 +248,28 @@ fn no_keepalive_while_client_reply_is_off_or_skipping() {
     assert_eq!(w.advance(1_000), TickAction::SendPing);
     w.server(PONG);
     assert!(w.to_client.is_empty());
-    assert!(!w.session.is_detached());
+    assert!(!w.session.is_passthrough());
 }
 
 #[test]
-fn monitor_makes_the_filter_step_aside() {
+fn monitor_makes_the_filter_pass_through() {
     let mut w = world();
     w.client(&cmd(&["MONITOR"]));
     w.server(b"+OK\r\n+1700000000.000000 [0 127.0.0.1:1] \"GET\" \"a\"\r\n");
-    assert!(w.session.is_detached());
-    assert!(events(&mut w).contains(&Event::Passthrough(StepAside::Monitor)));
+    assert!(w.session.is_passthrough());
+    assert!(events(&mut w).contains(&Event::Passthrough(PassthroughReason::Monitor)));
     assert_eq!(w.advance(10_000), TickAction::None);
 }
 
 #[test]
-fn a_tls_client_makes_the_filter_step_aside_at_once() {
+fn a_tls_client_makes_the_filter_pass_through_at_once() {
     let mut w = world();
     w.client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
-    assert!(w.session.is_detached());
-    assert_eq!(events(&mut w), vec![Event::Passthrough(StepAside::Tls)]);
+    assert!(w.session.is_passthrough());
+    assert_eq!(
+        events(&mut w),
+        vec![Event::Passthrough(PassthroughReason::Tls)]
+    );
     assert_eq!(w.advance(60_000), TickAction::None);
 }
 
@@ -306,14 +309,14 @@ fn error_reply_to_the_ping_before_auth_is_removed() {
 }
 
 #[test]
-fn unexpected_reply_makes_it_step_aside_untouched() {
+fn unexpected_reply_makes_it_pass_through_untouched() {
     let mut w = world();
     w.server(b"-ERR max number of clients reached\r\n");
     assert_eq!(w.to_client, b"-ERR max number of clients reached\r\n");
-    assert!(w.session.is_detached());
+    assert!(w.session.is_passthrough());
     assert!(matches!(
         events(&mut w).as_slice(),
-        [Event::Passthrough(StepAside::LostTrack(_))]
+        [Event::Passthrough(PassthroughReason::LostTrack(_))]
     ));
 }
 
@@ -323,7 +326,7 @@ fn a_filter_place_holding_something_else_is_not_removed() {
     assert_eq!(w.advance(1_000), TickAction::SendPing);
     w.server(b"+PONG\r\n");
     assert_eq!(w.to_client, b"+PONG\r\n");
-    assert!(w.session.is_detached());
+    assert!(w.session.is_passthrough());
 }
 
 #[test]
@@ -332,7 +335,7 @@ fn malformed_reply_passes_through_byte_for_byte() {
     w.client(&cmd(&["GET", "a"]));
     w.server(b"?garbage\r\n");
     assert_eq!(w.to_client, b"?garbage\r\n");
-    assert!(w.session.is_detached());
+    assert!(w.session.is_passthrough());
 }
 
 #[test]
@@ -351,7 +354,7 @@ fn malformed_request_passes_through_and_pending_pong_is_still_removed() {
         w.to_client,
         b"-ERR Protocol error: expected '$', got ':'\r\n"
     );
-    assert!(w.session.is_detached());
+    assert!(w.session.is_passthrough());
 }
 
 #[test]
@@ -372,13 +375,13 @@ fn upstream_close_while_idle_is_a_reconnect_signal() {
     let mut w = world();
     w.client(&cmd(&["GET", "a"]));
     w.server(b"$-1\r\n");
-    assert!(w.session.upstream_closed(w.now));
-    assert!(events(&mut w).contains(&Event::ReconnectSignal(CloseReason::UpstreamClosed)));
+    assert!(w.session.server_closed(w.now));
+    assert!(events(&mut w).contains(&Event::ReconnectSignal(CloseReason::ServerClosed)));
 
     let mut busy = world();
     busy.client(&cmd(&["GET", "a"]));
     assert!(
-        !busy.session.upstream_closed(busy.now),
+        !busy.session.server_closed(busy.now),
         "a command was in flight: not a clean signal"
     );
 }
@@ -388,7 +391,7 @@ fn close_after_quit_is_not_a_reconnect_signal() {
     let mut w = world();
     w.client(&cmd(&["QUIT"]));
     w.server(b"+OK\r\n");
-    assert!(!w.session.upstream_closed(w.now));
+    assert!(!w.session.server_closed(w.now));
     assert!(events(&mut w).is_empty());
 }
 
@@ -407,14 +410,14 @@ fn resp2_after_the_last_unsubscribe_the_bulk_reply_is_removed() {
     w.client(&cmd(&["GET", "a"]));
     w.server(b"$-1\r\n");
     assert!(w.to_client.ends_with(b":0\r\n$-1\r\n"));
-    assert!(!w.session.is_detached(), "{:?}", events(&mut w));
+    assert!(!w.session.is_passthrough(), "{:?}", events(&mut w));
 }
 
 #[test]
 fn a_connection_redis_never_answered_is_not_a_reconnect_signal() {
     let mut w = world();
     assert!(
-        !w.session.upstream_closed(w.now),
+        !w.session.server_closed(w.now),
         "Envoy could not connect: not a dead idle link"
     );
     assert!(events(&mut w).is_empty());
@@ -426,7 +429,7 @@ fn client_close_is_not_a_reconnect_signal() {
     w.client(&cmd(&["PING"]));
     w.server(b"+PONG\r\n");
     w.session.client_closed();
-    assert!(!w.session.upstream_closed(w.now));
+    assert!(!w.session.server_closed(w.now));
     assert!(events(&mut w).is_empty());
     assert_eq!(
         w.advance(10_000),
@@ -484,7 +487,7 @@ fn redis_closing_a_busy_connection_is_a_busy_death() {
     w.server(b"$-1\r\n");
     w.client(&cmd(&["GET", "a"]));
     events(&mut w);
-    assert!(!w.session.upstream_closed(10));
+    assert!(!w.session.server_closed(10));
     assert_eq!(events(&mut w), vec![Event::BusyDeath]);
 }
 
@@ -614,13 +617,13 @@ fn a_fin_while_idle_is_a_death_after_the_silence_so_far_and_a_busy_one_is_not() 
     w.client(&cmd(&["GET", "a"]));
     w.server(b"$-1\r\n");
     w.now += 700;
-    assert!(w.session.upstream_closed(w.now));
+    assert!(w.session.server_closed(w.now));
     assert_eq!(spells(&mut w), vec![Event::IdleDeath { idle_ms: 700 }]);
 
     let mut busy = world();
     busy.client(&cmd(&["GET", "a"]));
     busy.now += 700;
-    assert!(!busy.session.upstream_closed(busy.now));
+    assert!(!busy.session.server_closed(busy.now));
     assert_eq!(
         spells(&mut busy),
         vec![],
@@ -629,13 +632,13 @@ fn a_fin_while_idle_is_a_death_after_the_silence_so_far_and_a_busy_one_is_not() 
 }
 
 #[test]
-fn a_close_after_stepping_aside_is_neither_a_death_nor_a_signal() {
+fn a_close_after_passthrough_is_neither_a_death_nor_a_signal() {
     let mut w = world();
     w.client(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
     w.server(b"\x16\x03\x03\x00\x7a\x02\x00\x00\x76\x03\x03");
     events(&mut w);
     w.now += 10_000;
-    assert!(!w.session.upstream_closed(w.now));
+    assert!(!w.session.server_closed(w.now));
     assert_eq!(events(&mut w), vec![]);
 }
 

@@ -1,7 +1,8 @@
 use std::fmt;
 
-/// Why a byte stream is not RESP we can follow. Any of these makes the filter step aside for
-/// the connection (pass-through), never drop or alter bytes.
+/// Why a byte stream is not RESP we can follow. Any of these puts the connection in passthrough
+/// (the filter stops following it and passes its bytes through untouched), never drops or
+/// alters bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RespError {
     /// A byte that cannot start a frame of this side's protocol.

@@ -12,14 +12,14 @@ pub enum CloseReason {
     /// can go stale is the fallback.
     InjectionRefused,
     /// Redis (or the path) closed the connection while the client was idle.
-    UpstreamClosed,
+    ServerClosed,
     /// The probe's PING went unanswered (or could not be followed by the held command): the
     /// held command was never sent.
     ProbeFailed,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StepAside {
+pub enum PassthroughReason {
     RequestParse(RespError),
     ReplyParse(RespError),
     /// A reply arrived that no request accounts for, or a filter place held something else.
@@ -43,7 +43,7 @@ pub enum Event {
     KeepaliveFailed,
     KeepaliveRefused,
     ReconnectSignal(CloseReason),
-    Passthrough(StepAside),
+    Passthrough(PassthroughReason),
     /// A client command is held while the probe's PING goes first.
     ProbeHeld,
     /// The probe was answered; the held command went on after `waited_ms`.

@@ -14,13 +14,14 @@ mod probe;
 mod reply;
 mod window;
 
-pub use event::{CloseReason, Event, StepAside};
+pub use event::{CloseReason, Event, PassthroughReason};
 
 use crate::command::ReplyMode;
 use crate::config::Config;
 use crate::duration::Millis;
 use crate::reply_queue::{Expect, ReplyQueue};
 use crate::resp::{Frame, ParkedFramer, Side};
+use crate::upstream::UpstreamId;
 use modes::Modes;
 use probe::{Probe, MAX_HELD};
 use window::{frame_buffer, LoopStop, MIN_WINDOW};
@@ -85,10 +86,12 @@ pub enum TickAction {
 enum Follow {
     /// Both directions framed and understood.
     Active,
-    /// Requests are no longer followed; replies are, only until the filter's own are removed.
+    /// On its way to passthrough: requests are no longer followed; replies are, only until
+    /// the filter's own are removed.
     Draining,
-    /// The filter does nothing more on this connection.
-    Detached,
+    /// Passthrough: the filter stops following the connection and passes its bytes through
+    /// untouched; it does nothing more on it.
+    Passthrough,
 }
 
 pub struct Session {
@@ -99,20 +102,20 @@ pub struct Session {
     keepalive_after: Option<Millis>,
     /// The upstream (cluster) this connection goes to, as the adapter numbers them; 0 = not
     /// known yet.
-    upstream: u16,
+    upstream: UpstreamId,
     /// The idle spell before the first bytes sent after silence, until Redis answers.
     spell: Option<Millis>,
     ping_timeout: Millis,
     probe_after: Option<Millis>,
     /// Last byte from Redis (or the connection's start): the link's last proof of life.
-    last_upstream: Millis,
+    last_server: Millis,
     /// A client command held behind the probe's PING.
     probe: Option<Probe>,
     /// The client has sent a byte (so Envoy can keep its read buffer paused for us).
     client_seen: bool,
     /// The host can send a PING before the client's first byte (see `Host`).
     sends_before_client_bytes: bool,
-    /// Held bytes to put back on the wire now (probe answered, or the filter stepped aside).
+    /// Held bytes to put back on the wire now (probe answered, or passthrough).
     release: Option<Vec<u8>>,
     /// A close the adapter must carry out after a data callback.
     close_now: Option<CloseReason>,
@@ -125,7 +128,7 @@ pub struct Session {
     /// The client sent its FIN.
     client_gone: bool,
     /// Redis has sent at least one byte: the link was up.
-    upstream_seen: bool,
+    server_seen: bool,
     /// Last byte seen in either direction, the filter's own included.
     last_activity: Millis,
     /// A keepalive was due but not allowed; look again at this time.
@@ -154,7 +157,7 @@ impl Session {
             spell: None,
             ping_timeout: config.ping_timeout,
             probe_after: config.probe_after,
-            last_upstream: now,
+            last_server: now,
             probe: None,
             client_seen: false,
             sends_before_client_bytes: false,
@@ -168,13 +171,13 @@ impl Session {
                 in_multi: false,
                 reply_mode: ReplyMode::On,
                 subscribed: false,
-                step_aside: None,
+                pass_through: None,
                 quitting: false,
             },
             follow: Follow::Active,
             closed: false,
             client_gone: false,
-            upstream_seen: false,
+            server_seen: false,
             last_activity: now,
             recheck_at: 0,
             ping_clock: None,
@@ -187,11 +190,11 @@ impl Session {
         }
     }
 
-    pub fn upstream(&self) -> u16 {
+    pub fn upstream(&self) -> UpstreamId {
         self.upstream
     }
 
-    pub fn set_upstream(&mut self, upstream: u16) {
+    pub fn set_upstream(&mut self, upstream: UpstreamId) {
         self.upstream = upstream;
     }
 
@@ -246,18 +249,21 @@ impl Session {
         std::mem::take(&mut self.events)
     }
 
-    /// True once the filter no longer needs to see this connection's client bytes, nor keep
-    /// its read buffer paused.
-    pub fn requests_unfollowed(&self) -> bool {
+    /// True once the client's bytes pass through untouched (passthrough, on its way there, or
+    /// closed): the filter no longer needs to see them, nor keep the read buffer paused.
+    pub fn passes_requests_through(&self) -> bool {
         self.follow != Follow::Active || self.closed
     }
 
-    pub fn is_detached(&self) -> bool {
-        self.follow == Follow::Detached
+    /// Passthrough: the filter stops following this connection and passes its bytes through
+    /// untouched.
+    pub fn is_passthrough(&self) -> bool {
+        self.follow == Follow::Passthrough
     }
 
-    fn step_aside(&mut self, why: StepAside) {
-        if self.follow == Follow::Detached {
+    /// Go to passthrough, once the filter's own replies still owed are removed (`Draining`).
+    fn pass_through(&mut self, why: PassthroughReason) {
+        if self.follow == Follow::Passthrough {
             return;
         }
         self.events.push(Event::Passthrough(why));
@@ -265,18 +271,18 @@ impl Session {
         self.follow = if self.modes.queue.filter_pending() > 0 {
             Follow::Draining
         } else {
-            Follow::Detached
+            Follow::Passthrough
         };
         self.ping_clock = None;
     }
 
-    /// Stepping aside on the reply side itself: no more reply framing is possible.
-    fn detach(&mut self, why: StepAside) {
-        if self.follow != Follow::Detached {
+    /// Go to passthrough at once, from the reply side itself: no more reply framing is possible.
+    fn pass_through_now(&mut self, why: PassthroughReason) {
+        if self.follow != Follow::Passthrough {
             self.events.push(Event::Passthrough(why));
         }
         self.release_held();
-        self.follow = Follow::Detached;
+        self.follow = Follow::Passthrough;
         self.ping_clock = None;
     }
 
@@ -303,7 +309,7 @@ impl Session {
     /// replies, which are short and framed whole).
     pub fn skip_server_payload(&mut self, len: usize) -> bool {
         if len == 0
-            || self.follow == Follow::Detached
+            || self.follow == Follow::Passthrough
             || !self.carry.is_empty()
             || self.probe.is_some()
             || len as u64 > self.replies.skippable()
@@ -330,7 +336,7 @@ impl Session {
         if !buf.is_empty() && !self.client_seen {
             self.client_seen = true;
             if starts_tls(buf) {
-                self.step_aside(StepAside::Tls);
+                self.pass_through(PassthroughReason::Tls);
                 return;
             }
         }
@@ -345,13 +351,13 @@ impl Session {
         let result = self
             .requests
             .with(|f| frame_buffer(f, buf, 0, window, &mut sink));
-        if let Some(why) = self.modes.step_aside.take() {
-            self.step_aside(why);
+        if let Some(why) = self.modes.pass_through.take() {
+            self.pass_through(why);
         }
         match result {
             Ok(()) => {}
-            Err(LoopStop::Parse(e)) => self.step_aside(StepAside::RequestParse(e)),
-            Err(LoopStop::HostRead) => self.step_aside(StepAside::HostRefused),
+            Err(LoopStop::Parse(e)) => self.pass_through(PassthroughReason::RequestParse(e)),
+            Err(LoopStop::HostRead) => self.pass_through(PassthroughReason::HostRefused),
         }
         if self.client_gone {
             // The client half-closed: its FIN goes on now, so what is held must go before it.
@@ -391,7 +397,7 @@ impl Session {
 
     /// When [`Session::on_tick`] next has something to do.
     pub fn next_deadline(&self) -> Option<Millis> {
-        if self.closed || self.follow == Follow::Detached {
+        if self.closed || self.follow == Follow::Passthrough {
             return None;
         }
         let timeout = self.ping_clock.map(|t| t + self.ping_timeout);
@@ -408,7 +414,7 @@ impl Session {
     }
 
     pub fn on_tick(&mut self, now: Millis) -> TickAction {
-        if self.closed || self.follow == Follow::Detached {
+        if self.closed || self.follow == Follow::Passthrough {
             return TickAction::None;
         }
         if let Some(action) = self.probe_tick(now) {
@@ -487,13 +493,13 @@ impl Session {
 
     /// Redis's side closed. Returns true when the client was idle: closing it now is a clean
     /// reconnect signal (no command of its is lost).
-    pub fn upstream_closed(&mut self, now: Millis) -> bool {
+    pub fn server_closed(&mut self, now: Millis) -> bool {
         if self.closed {
             return false;
         }
         self.closed = true;
         if self.follow != Follow::Active {
-            // Stepped aside: whether the client was idle is not known (a TLS session's
+            // Passthrough: whether the client was idle is not known (a TLS session's
             // close_notify, a MONITOR, junk). Neither a death to learn from nor a signal.
             return false;
         }
@@ -504,7 +510,7 @@ impl Session {
             return false;
         }
         // Never up (Envoy could not connect to Redis): a failed connect, not a dead link.
-        if !self.upstream_seen || self.client_gone || self.modes.quitting {
+        if !self.server_seen || self.client_gone || self.modes.quitting {
             return false;
         }
         if self.modes.queue.client_pending() || !self.requests.at_boundary() {
@@ -513,7 +519,7 @@ impl Session {
         }
         self.record_death(now);
         self.events
-            .push(Event::ReconnectSignal(CloseReason::UpstreamClosed));
+            .push(Event::ReconnectSignal(CloseReason::ServerClosed));
         true
     }
 
@@ -523,8 +529,8 @@ impl Session {
         self.client_gone = true;
     }
 
-    /// The host failed a call the session relies on (e.g. resuming the read): step aside.
+    /// The host failed a call the session relies on (e.g. resuming the read): passthrough.
     pub fn host_failed(&mut self) {
-        self.step_aside(StepAside::HostRefused);
+        self.pass_through(PassthroughReason::HostRefused);
     }
 }

@@ -1,7 +1,7 @@
 //! The request side's model of the connection: RESP version, MULTI, CLIENT REPLY, pubsub, and
 //! whose replies are owed, in wire order.
 
-use super::StepAside;
+use super::PassthroughReason;
 use crate::command::{Command, ReplyMode};
 use crate::reply_queue::{Expect, ReplyQueue};
 use crate::resp::{Frame, FrameKind};
@@ -16,14 +16,14 @@ pub(super) struct Modes {
     /// Ever subscribed: on RESP2, pubsub-shaped arrays are then pushes, not replies.
     pub(super) subscribed: bool,
     /// Set when a request makes us stop following; applied after the frame loop.
-    pub(super) step_aside: Option<StepAside>,
+    pub(super) pass_through: Option<PassthroughReason>,
     /// The client sent QUIT: the close that follows is not a reconnect signal.
     pub(super) quitting: bool,
 }
 
 impl Modes {
     pub(super) fn on_command(&mut self, frame: &Frame) {
-        if self.step_aside.is_some() || frame.kind != FrameKind::Command {
+        if self.pass_through.is_some() || frame.kind != FrameKind::Command {
             return;
         }
         let cmd = Command::classify(&frame.capture, self.in_multi);
@@ -36,7 +36,7 @@ impl Modes {
                 Command::Plain | Command::Multi | Command::Blocking => {
                     self.queue.push(Expect::Client)
                 }
-                _ => self.step_aside = Some(StepAside::ModeChangeInMulti),
+                _ => self.pass_through = Some(PassthroughReason::ModeChangeInMulti),
             }
             return;
         }
@@ -66,8 +66,8 @@ impl Modes {
         match cmd {
             // Confirmations are pushes (RESP3) or pubsub arrays (RESP2): never queued replies.
             Command::Pubsub => self.subscribed = true,
-            Command::Monitor => self.step_aside = Some(StepAside::Monitor),
-            Command::Replication => self.step_aside = Some(StepAside::Replication),
+            Command::Monitor => self.pass_through = Some(PassthroughReason::Monitor),
+            Command::Replication => self.pass_through = Some(PassthroughReason::Replication),
             Command::Quit => {
                 self.quitting = true;
                 if replies {

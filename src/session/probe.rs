@@ -2,10 +2,10 @@
 //! for `probe_after` is held in module memory; a PING goes out in its place, and the command
 //! follows the PING's answer. A command that arrives while the filter's keepalive is still
 //! unanswered is held the same way, behind that PING. No answer within `ping_timeout`, or the
-//! upstream fails: the client connection is closed and the command is never sent, so the
+//! server closes: the client connection is closed and the command is never sent, so the
 //! application can safely retry it on a new connection.
 
-use super::{Buffer, CloseReason, Event, Follow, Session, StepAside, TickAction, PING};
+use super::{Buffer, CloseReason, Event, Follow, PassthroughReason, Session, TickAction, PING};
 use crate::duration::Millis;
 use crate::reply_queue::Expect;
 
@@ -18,7 +18,7 @@ pub(super) const MAX_HELD: usize = 64 * 1024;
 pub(super) struct Probe {
     pub(super) held: Vec<u8>,
     pub(super) since: Millis,
-    /// False once the bytes were let go early (too many, or the filter stepped aside): the
+    /// False once the bytes were let go early (too many, or passthrough): the
     /// probe still ends as passed or failed, but a failure can no longer keep the command back.
     pub(super) holding: bool,
     /// The probe sent its own PING (false: it holds the bytes behind a keepalive already out).
@@ -32,7 +32,7 @@ impl Session {
         let Some(after) = self.probe_after else {
             return false;
         };
-        now.saturating_sub(self.last_upstream) >= after
+        now.saturating_sub(self.last_server) >= after
             && !self.client_gone
             && self.modes.queue.is_empty()
             && self.requests.at_boundary()
@@ -70,17 +70,17 @@ impl Session {
         };
         let Some(bytes) = bytes else {
             // Nothing was moved yet: the bytes stay where they are, held ones go before them.
-            self.step_aside(StepAside::HostRefused);
+            self.pass_through(PassthroughReason::HostRefused);
             return;
         };
         let replacement: &[u8] = if start { PING } else { b"" };
         if (len > 0 || start) && !buf.replace_prefix(len, replacement) {
-            self.step_aside(StepAside::HostRefused);
+            self.pass_through(PassthroughReason::HostRefused);
             return;
         }
         if start {
             if self.spell.is_none() {
-                self.spell = Some(now.saturating_sub(self.last_upstream));
+                self.spell = Some(now.saturating_sub(self.last_server));
             }
             // The PING goes out ahead of the client bytes just framed.
             self.modes.queue.push_front(Expect::Filter);

@@ -7,13 +7,13 @@
 //! (`message`, `subscribe`, …) are out of band and never take a place in it. A reply in a
 //! filter place is removed only if it is exactly `$16\r\nredis-idle-guard\r\n` (RESP2 subscribed:
 //! `*2 $4 pong $16 redis-idle-guard`) or an error (`-NOAUTH`, `-LOADING`…); anything else means
-//! we lost track, and the filter steps aside rather than guess. A filter reply split across
+//! we lost track, and the connection goes to passthrough rather than guess. A filter reply split across
 //! reads is cut from the first read and held (it is at most a few dozen bytes), and put back
 //! at the front of the next read if it turns out not to be ours.
 
 use super::modes::Modes;
 use super::window::{frame_buffer, LoopStop};
-use super::{Buffer, Event, Follow, Session, StepAside};
+use super::{Buffer, Event, Follow, PassthroughReason, Session};
 use crate::duration::Millis;
 use crate::reply_queue::Expect;
 use crate::resp::{Frame, FrameKind};
@@ -72,11 +72,11 @@ struct ReplyPass<'a> {
 impl ReplyPass<'_> {
     fn on_reply(&mut self, frame: &Frame) {
         *self.last_end = frame.end;
-        if *self.follow == Follow::Detached || self.lost.is_some() {
+        if *self.follow == Follow::Passthrough || self.lost.is_some() {
             return;
         }
         if *self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
-            *self.follow = Follow::Detached;
+            *self.follow = Follow::Passthrough;
             return;
         }
         if frame.kind == FrameKind::Push
@@ -132,16 +132,16 @@ impl Session {
                 self.events.push(Event::IdleSurvived { idle_ms });
             }
             self.last_activity = now;
-            self.last_upstream = now;
-            self.upstream_seen = true;
+            self.last_server = now;
+            self.server_seen = true;
         }
-        if self.follow == Follow::Detached {
+        if self.follow == Follow::Passthrough {
             return;
         }
         // Put back the held head of a frame, in front of the bytes that follow it.
         let carried = std::mem::take(&mut self.carry);
         if !carried.is_empty() && !buf.replace_prefix(0, &carried) {
-            self.detach(StepAside::HostRefused);
+            self.pass_through_now(PassthroughReason::HostRefused);
             return;
         }
         let base = self.replies.offset().saturating_sub(carried.len() as u64);
@@ -153,21 +153,21 @@ impl Session {
 
         let why = match result {
             Err(LoopStop::HostRead) => {
-                self.detach(StepAside::HostRefused);
+                self.pass_through_now(PassthroughReason::HostRefused);
                 return;
             }
-            Err(LoopStop::Parse(e)) => Some(StepAside::ReplyParse(e)),
-            Ok(()) => lost.map(StepAside::LostTrack),
+            Err(LoopStop::Parse(e)) => Some(PassthroughReason::ReplyParse(e)),
+            Ok(()) => lost.map(PassthroughReason::LostTrack),
         };
         if let Some(why) = why {
             self.apply_cuts(buf, &cuts);
-            self.detach(why);
+            self.pass_through_now(why);
             return;
         }
         self.hold_partial_reply(buf, base, &mut cuts);
         if !self.apply_cuts(buf, &cuts) {
             self.carry.clear();
-            self.detach(StepAside::HostRefused);
+            self.pass_through_now(PassthroughReason::HostRefused);
             return;
         }
         if answered {
@@ -175,7 +175,7 @@ impl Session {
         }
         self.follow_ping_clock(now, answered, filter_before);
         if self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
-            self.follow = Follow::Detached;
+            self.follow = Follow::Passthrough;
         }
     }
 
@@ -238,7 +238,7 @@ impl Session {
         cuts: &mut Vec<(usize, usize)>,
     ) {
         if self.replies.at_boundary()
-            || self.follow == Follow::Detached
+            || self.follow == Follow::Passthrough
             || !self.modes.queue.filter_at_front()
         {
             return;

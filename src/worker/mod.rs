@@ -175,7 +175,7 @@ impl Worker {
         }
         s.on_client_data(now, &mut callback.buffer());
         let verdict = Verdict {
-            following: !s.requests_unfollowed(),
+            following: !s.passes_requests_through(),
             close: s.take_close(),
         };
         let pending = settle(&mut self.poll, &self.config, host, id, s);
@@ -223,7 +223,7 @@ impl Worker {
         // Redis's FIN, on its way to the client: tcp_proxy closes the client connection next.
         // While the client is idle, that close is the reconnect signal.
         if end_of_stream {
-            s.upstream_closed(now);
+            s.server_closed(now);
         }
         let release = s.take_release();
         let close = s.take_close();
@@ -275,14 +275,14 @@ impl Worker {
         self.clock = self.clock.max(now);
         self.update(host, id, |s| {
             if by_envoy {
-                s.upstream_closed(now);
+                s.server_closed(now);
             } else {
                 s.client_closed();
             }
         });
     }
 
-    /// A host call the session relies on failed (e.g. resuming the read): step aside.
+    /// A host call the session relies on failed (e.g. resuming the read): passthrough.
     pub fn host_failed(&mut self, host: &mut impl Host, id: ConnectionId) {
         self.update(host, id, Session::host_failed);
     }

@@ -166,8 +166,8 @@ impl World {
             "the client got other bytes than its replies"
         );
         proptest::prop_assert!(
-            !self.session.is_detached(),
-            "stepped aside on valid traffic: {:?}",
+            !self.session.is_passthrough(),
+            "passthrough on valid traffic: {:?}",
             self.session.take_events()
         );
         Ok(())

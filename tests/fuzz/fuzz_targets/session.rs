@@ -6,7 +6,7 @@
 //! - Redis received exactly the client's bytes plus the filter's PINGs, each PING between two
 //!   whole commands (a prefix of them while a command is held or after a close);
 //! - the client received exactly Redis's bytes minus the replies to the filter's PINGs (after
-//!   junk from Redis, every byte: the filter has stepped aside).
+//!   junk from Redis, every byte: the connection is in passthrough).
 //!
 //! The first input byte picks the configuration; then each op is one byte and its arguments.
 //! Run: `make fuzz FUZZ_TARGET=session` (30 s of it in every `make test`).
@@ -76,7 +76,7 @@ struct World {
     owed: VecDeque<(Vec<u8>, bool)>,
     expected_client: Vec<u8>,
     to_client: Vec<u8>,
-    /// Redis sent junk: the filter steps aside and every later byte reaches the client.
+    /// Redis sent junk: the connection goes to passthrough and every later byte reaches the client.
     all_pass: bool,
     /// Client bytes, minus the filter's PINGs, as Redis framed them.
     seen_from_client: Vec<u8>,
