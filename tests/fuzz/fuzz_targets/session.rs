@@ -222,7 +222,8 @@ fn config(b: u8) -> Config {
 }
 
 /// Keep out of the scenario what the filter deliberately does not model (see
-/// tests/session_modes_transparency.rs): mode changes queued in MULTI, refused mode commands.
+/// tests/core/session_is_byte_exact_across_modes.rs): mode changes queued in MULTI, refused
+/// mode commands.
 fn allowed(shadow: &Redis, c: Cmd) -> Cmd {
     let restricted = shadow.subscribed() && !shadow.resp3;
     match c {

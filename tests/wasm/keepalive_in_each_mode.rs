@@ -1,15 +1,7 @@
 //! The real `.wasm` under the Envoy-faithful host: connection modes (subscribed, RESP3 pushes,
 //! MULTI, CLIENT REPLY, MONITOR, AUTH, HELLO) and what the keepalive does in each.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod host;
-
-use host::{cmd, stat, ConnId, Envoy, PING, PONG, PONG_SUBSCRIBED};
+use crate::host::{cmd, stat, ConnId, Envoy, PING, PONG, PONG_SUBSCRIBED};
 
 const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "10s"}"#;
 

@@ -2,16 +2,13 @@
 //! events do to the stats, how an upstream's learned cutoff reaches every connection to it and
 //! every worker, and how the upstream is identified. Both builds' adapters only translate these
 //! calls, so this is where those rules are pinned.
-#![allow(clippy::unwrap_used, clippy::indexing_slicing)]
 
-mod support;
-
+use crate::support::cmd;
+use crate::support::harness::{Harness, Path, Store, PONG};
 use redis_idle_guard::host::Cluster;
 use redis_idle_guard::session::{spread_early, CloseReason, PING};
 use redis_idle_guard::shared_cutoff::POLL_MS;
 use redis_idle_guard::worker::{spread_of, Wake};
-use support::cmd;
-use support::harness::{Harness, Path, Store, PONG};
 
 fn get() -> Vec<u8> {
     cmd(&["GET", "k"])

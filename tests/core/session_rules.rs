@@ -1,16 +1,8 @@
 //! The session machine's rules, per mode, with a fake clock and Vec-backed buffers.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod support;
-
+use crate::support::{cmd, World};
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{CloseReason, Event, PassthroughReason, TickAction, PING};
-use support::{cmd, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
 const PONG_RESP2_SUB: &[u8] = b"*2\r\n$4\r\npong\r\n$16\r\nredis-idle-guard\r\n";

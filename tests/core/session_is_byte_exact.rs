@@ -1,20 +1,12 @@
 //! Transparency: whatever the traffic, its segmentation and the keepalives, the client receives
 //! exactly what Redis sent for it, and Redis receives exactly the client's bytes plus PINGs
 //! placed only between commands.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod support;
-
+use crate::support::coverage::{check, Coverage};
+use crate::support::{cmd, Wire, World};
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
-use support::coverage::{check, Coverage};
-use support::{cmd, Wire, World};
 
 const PONG: &[u8] = b"$16\r\nredis-idle-guard\r\n";
 

@@ -1,15 +1,7 @@
 //! The real `.wasm` under the Envoy-faithful host: when keepalives go out, and how their replies
 //! are removed, byte for byte, however Redis's bytes are cut.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod host;
-
-use host::{cmd, stat, warm, ConnId, Envoy, PING, PONG};
+use crate::host::{cmd, stat, warm, ConnId, Envoy, PING, PONG};
 
 /// 1 s keepalive, 10 s ping_timeout: tick every 100 ms, no closes in these tests.
 const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "10s"}"#;

@@ -5,21 +5,13 @@
 //! PINGs between commands.
 //!
 //! Seeded and reproducible: a failure prints its seed; rerun just it with
-//! `RIG_SEED=<seed> RIG_SCENARIOS=1 cargo test --test module_transparency`.
+//! `RIG_SEED=<seed> RIG_SCENARIOS=1 cargo test --test wasm random_traffic`.
 //! Without `RIG_SEED` it runs `RIG_SCENARIOS` scenarios (default 3,500) from each of three fixed
 //! base seeds, and for each base asserts that its scenarios exercised what the test is about:
 //! keepalives removed amid the client's replies, probes, subscribers, pushes, RESP3 (with
 //! `RIG_SEED`, those floors apply only from 1,000 scenarios on).
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod host;
-
-use host::{cmd, stat, ConnId, Envoy, PING, PONG, PONG_SUBSCRIBED};
+use crate::host::{cmd, stat, ConnId, Envoy, PING, PONG, PONG_SUBSCRIBED};
 use std::collections::VecDeque;
 use std::fmt::Write as _;
 
@@ -28,7 +20,7 @@ const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "1h", "prob
 /// released by its answer.
 const PROBING: &str =
     r#"{"keepalive_interval": "0s", "ping_timeout": "1h", "probe_after": "1500ms"}"#;
-use host::stat::{PROBE_HELD, PROBE_PASSED};
+use crate::host::stat::{PROBE_HELD, PROBE_PASSED};
 /// "redis_id", "le_guard", "keepaliv": three fixed bases, so that a lucky base cannot carry the
 /// coverage floors alone.
 const DEFAULT_SEEDS: [u64; 3] = [
@@ -521,7 +513,7 @@ fn run_from(base: u64, count: u64) -> Totals {
     for i in 0..count {
         let seed = base.wrapping_add(i);
         if let Err(why) = scenario(seed, &mut totals) {
-            panic!("scenario with seed {seed} failed (rerun: RIG_SEED={seed} RIG_SCENARIOS=1 cargo test --test module_transparency):\n{why}");
+            panic!("scenario with seed {seed} failed (rerun: RIG_SEED={seed} RIG_SCENARIOS=1 cargo test --test wasm random_traffic):\n{why}");
         }
     }
     eprintln!(

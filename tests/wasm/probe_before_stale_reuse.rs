@@ -1,21 +1,13 @@
 //! Probe before stale reuse, on the real `.wasm` under the Envoy-faithful host: a command that
 //! arrives after `probe_after` without a byte from Redis is held, a PING goes first, and the
 //! command follows the answer, or is never sent.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod host;
-
-use host::{cmd, stat, warm, Envoy, PING, PONG};
+use crate::host::{cmd, stat, warm, Envoy, PING, PONG};
 
 /// Keepalive off (so the link goes stale), probes after 2 s, 500 ms to answer.
 const CONFIG: &str =
     r#"{"keepalive_interval": "0s", "probe_after": "2s", "ping_timeout": "500ms"}"#;
-use host::stat::{PROBE_FAILED, PROBE_HELD, PROBE_PASSED, PROBE_WAIT_MS};
+use crate::host::stat::{PROBE_FAILED, PROBE_HELD, PROBE_PASSED, PROBE_WAIT_MS};
 
 #[test]
 fn a_command_after_probe_after_waits_for_the_pings_answer() {
@@ -253,9 +245,9 @@ fn host_refusing_the_release_closes_without_sending() {
     e.advance(10_000);
     e.client_send(c, &cmd(&["INCR", "n"]));
     assert_eq!(e.take_redis(c), PING);
-    e.set_faults(host::Faults {
+    e.set_faults(crate::host::Faults {
         no_paused_buffer: true,
-        ..host::Faults::default()
+        ..crate::host::Faults::default()
     });
     e.redis_send(c, PONG);
     assert_eq!(e.take_redis(c), b"");

@@ -2,16 +2,8 @@
 //! is never told the path's idle cutoff; a small simulated path kills idle connections the way
 //! Redis `timeout` (a FIN at the cutoff) or a NAT (a silent drop after it) does, a pool opens a
 //! new connection for each one that dies, and the deaths must stop once the cutoff is learned.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod host;
-
-use host::{cmd, stat, ConnId, Envoy, PING, PONG};
+use crate::host::{cmd, stat, ConnId, Envoy, PING, PONG};
 use redis_idle_guard::session::SPREAD_DIVISOR;
 
 const AUTO: &str = r#"{"keepalive_interval": "auto", "min_keepalive_interval": "500ms",

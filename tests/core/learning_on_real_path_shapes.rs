@@ -1,11 +1,8 @@
 //! Learning the idle cutoff against the shapes of real paths and events, with the core's worker
 //! under a fake host and clock (tests/support/harness.rs): a cutoff is learned with few deaths
 //! and then none; an event teaches nothing; a wrong estimate recovers.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-mod support;
-
-use support::harness::{Harness, Path, Store};
+use crate::support::harness::{Harness, Path, Store};
 
 /// Bounds 1 s to 8 s, as the e2e learning tests; probes off (the keepalives do the learning).
 const AUTO: &str = r#"{"keepalive_interval":"auto","min_keepalive_interval":"1s","max_keepalive_interval":"8s","ping_timeout":"1s","probe_after":"0s"}"#;
@@ -97,7 +94,7 @@ fn a_failover_closing_busy_and_idle_connections_teaches_nothing() {
     let mut h = pool(Path::Answering, 4);
     h.run_until(5_000);
     // Connection 1 is waiting for a reply when Redis goes; the others are idle.
-    h.client(1, &support::cmd(&["BLPOP", "q", "0"]));
+    h.client(1, &crate::support::cmd(&["BLPOP", "q", "0"]));
     h.restart();
     h.run_until(20_000);
     assert_eq!(h.interval(), 8_000);

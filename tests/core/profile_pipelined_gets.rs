@@ -1,17 +1,9 @@
-//! A native workload for profiling the session's data path (`valgrind --tool=callgrind` on this
-//! test binary): GET with pipeline 16, as in `make bench`. Ignored by default; it asserts only
+//! A native workload for profiling the session's data path (`valgrind --tool=callgrind` on the
+//! `core` test binary, `--ignored pipelined_gets`): GET with pipeline 16, as in `make bench`. Ignored by default; it asserts only
 //! that the bytes pass through.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic
-)]
 
-mod support;
-
+use crate::support::{cmd, World};
 use redis_idle_guard::config::Config;
-use support::{cmd, World};
 
 #[test]
 #[ignore]

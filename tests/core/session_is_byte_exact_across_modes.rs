@@ -2,22 +2,13 @@
 //! CLIENT REPLY OFF/ON, blocked commands) answers random pipelines while the filter sends its
 //! keepalives whenever it judges it may. The client must receive exactly Redis's frames minus
 //! the filter's replies, and the filter must never lose track on valid traffic.
-#![allow(
-    clippy::unwrap_used,
-    clippy::expect_used,
-    clippy::indexing_slicing,
-    clippy::panic,
-    clippy::unreachable
-)]
 
-mod support;
-
+use crate::support::coverage::{check, Coverage};
+use crate::support::redis_model::{cmd, encode, Cmd, Redis};
+use crate::support::{Wire, World};
 use proptest::prelude::*;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::session::{TickAction, PING};
-use support::coverage::{check, Coverage};
-use support::redis_model::{cmd, encode, Cmd, Redis};
-use support::{Wire, World};
 
 #[derive(Debug, Clone)]
 enum Op {
