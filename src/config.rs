@@ -146,6 +146,16 @@ impl Config {
                 }
             }
         }
+        cfg.with_learning(auto, min, max)
+    }
+
+    /// `"keepalive_interval": "auto"` and its bounds, which apply only with it.
+    fn with_learning(
+        mut self,
+        auto: bool,
+        min: Option<Millis>,
+        max: Option<Millis>,
+    ) -> Result<Config, ConfigError> {
         if !auto {
             for (field, set) in [
                 ("min_keepalive_interval", min),
@@ -158,7 +168,7 @@ impl Config {
                     ));
                 }
             }
-            return Ok(cfg);
+            return Ok(self);
         }
         let min = min.unwrap_or(DEFAULT_MIN_KEEPALIVE);
         let max = max.unwrap_or(DEFAULT_MAX_KEEPALIVE.max(min));
@@ -168,9 +178,9 @@ impl Config {
                 "must not be below min_keepalive_interval",
             ));
         }
-        cfg.keepalive_interval = Some(max);
-        cfg.learn = Some(LearnBounds { min, max });
-        Ok(cfg)
+        self.keepalive_interval = Some(max);
+        self.learn = Some(LearnBounds { min, max });
+        Ok(self)
     }
 
     /// The shortest keepalive interval this configuration can use.

@@ -84,7 +84,7 @@ impl ParkedFramer {
     }
 
     /// True while this connection holds a framer of its own (a frame spans reads, or the
-    /// stream failed to parse).
+    /// stream failed to parse). tests/resp_framer.rs checks that none is kept at a boundary.
     pub fn is_unparked(&self) -> bool {
         matches!(self.state, State::Within(_))
     }

@@ -138,6 +138,7 @@ impl Worker {
         }
     }
 
+    /// Whether `id` has a session here (the tests' fake hosts look).
     pub fn is_tracked(&self, id: ConnectionId) -> bool {
         self.connections.contains_key(&id)
     }
@@ -344,11 +345,6 @@ impl Worker {
         if self.config.learn.is_some() {
             self.learn(host, id, upstream, &events);
         }
-    }
-
-    /// The session of `id`, for tests and benchmarks that look inside.
-    pub fn session(&self, id: ConnectionId) -> Option<&Session> {
-        self.connections.get(&id).map(|e| &*e.session)
     }
 }
 
