@@ -1,8 +1,17 @@
-//! redis-idle-guard: a proxy-wasm network filter that keeps pooled Redis connections alive
-//! with in-band, RESP-exact keepalives.
+//! redis-idle-guard: an Envoy network filter that keeps pooled Redis connections alive with
+//! in-band, RESP-exact keepalives. Two builds on one core.
 //!
-//! Everything but `adapter` is sans-IO: plain Rust, time passed in, no host calls, tested
-//! natively. `adapter` is the only code that talks to the proxy-wasm host.
+//! Everything but `wasm` (the proxy-wasm adapter) and `native` (the Envoy dynamic module,
+//! feature `native`) is sans-IO: plain Rust, time passed in, no host calls, tested natively.
+//! The adapters are the only code that talks to a host: they turn its callbacks into
+//! [`worker::Worker`] calls and carry out what those return.
+//!
+//! Words, the same in code, stats, logs and docs: the two sides are the client and the server
+//! (Redis, or redis_proxy); requests go to the server, replies come back. An upstream is the
+//! cluster a connection goes to ([`upstream::UpstreamId`], the per-upstream stats). Passthrough:
+//! the filter stops following a connection and passes its bytes through untouched
+//! ([`session::PassthroughReason`], the `passthrough` stat). `downstream`/`upstream` as sides
+//! appear only where they mirror a host ABI's own callback names (src/wasm, src/native).
 #![cfg_attr(
     test,
     allow(
