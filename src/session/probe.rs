@@ -148,30 +148,6 @@ impl Session {
         }
     }
 
-    /// A filter PING was answered in this read (its `KeepaliveAnswered` event is at
-    /// `first_answer`). The probe's PING was the first filter reply owed: its answer releases
-    /// the hold.
-    pub(super) fn probe_answered(&mut self, now: Millis, first_answer: usize) {
-        let Some(p) = self.probe.take() else {
-            return;
-        };
-        // A probe's own PING is counted as the probe's; a command held behind a keepalive just
-        // follows it (the keepalive's answer is counted as such).
-        if p.own_ping {
-            if self.events.get(first_answer) == Some(&Event::KeepaliveAnswered) {
-                self.events.remove(first_answer);
-            }
-            self.events.push(Event::ProbePassed {
-                waited_ms: now.saturating_sub(p.since),
-            });
-        }
-        if !p.held.is_empty() {
-            self.release
-                .get_or_insert_with(Vec::new)
-                .extend_from_slice(&p.held);
-        }
-    }
-
     /// What a tick does while a probe is out (None: no probe). Its PING unanswered within
     /// `ping_timeout`: the probe failed, and a command still held closes the connection.
     pub(super) fn probe_tick(&mut self, now: Millis) -> Option<TickAction> {

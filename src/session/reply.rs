@@ -126,6 +126,10 @@ impl Session {
     }
 
     /// Redis bytes, on their way to the client: the filter's own replies are cut out here.
+    ///
+    /// One function, longer than the rest, on purpose: it is the hot path of every server read,
+    /// and each split of it tried moved the .wasm's instructions per request by a few (counted
+    /// by tests/bench_instructions.rs).
     pub fn on_server_data(&mut self, now: Millis, buf: &mut impl Buffer) {
         if !buf.is_empty() || !self.carry.is_empty() {
             if let Some(idle_ms) = self.spell.take() {
@@ -146,46 +150,7 @@ impl Session {
         }
         let base = self.replies.offset().saturating_sub(carried.len() as u64);
         let filter_before = self.modes.queue.filter_pending();
-        let (result, ours, lost) = self.frame_replies(buf, carried.len());
-        let first_answer = self.events.len();
-        let (mut cuts, lost) = self.verify_own_replies(buf, base, ours, lost);
-        let answered = !cuts.is_empty();
 
-        let why = match result {
-            Err(LoopStop::HostRead) => {
-                self.pass_through_now(PassthroughReason::HostRefused);
-                return;
-            }
-            Err(LoopStop::Parse(e)) => Some(PassthroughReason::ReplyParse(e)),
-            Ok(()) => lost.map(PassthroughReason::LostTrack),
-        };
-        if let Some(why) = why {
-            self.apply_cuts(buf, &cuts);
-            self.pass_through_now(why);
-            return;
-        }
-        self.hold_partial_reply(buf, base, &mut cuts);
-        if !self.apply_cuts(buf, &cuts) {
-            self.carry.clear();
-            self.pass_through_now(PassthroughReason::HostRefused);
-            return;
-        }
-        if answered {
-            self.probe_answered(now, first_answer);
-        }
-        self.follow_ping_clock(now, answered, filter_before);
-        if self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
-            self.follow = Follow::Passthrough;
-        }
-    }
-
-    /// Frame the read from `from` (after the carried head): each complete reply takes its place
-    /// in the queue. How the framing stopped, the filter replies met, and why track was lost.
-    fn frame_replies(
-        &mut self,
-        buf: &mut impl Buffer,
-        from: usize,
-    ) -> (Result<(), LoopStop>, Vec<OwnReply>, Option<&'static str>) {
         let mut pass = ReplyPass {
             modes: &mut self.modes,
             follow: &mut self.follow,
@@ -194,22 +159,16 @@ impl Session {
             last_end: &mut self.reply_frame_end,
         };
         let window = &mut self.rep_window;
+        let from = carried.len();
         let result = self
             .replies
             .with(|f| frame_buffer(f, buf, from, window, &mut |fr| pass.on_reply(fr)));
-        (result, pass.ours, pass.lost)
-    }
+        let ReplyPass { ours, lost, .. } = pass;
 
-    /// Check that each reply in a filter place is the filter's, and return what to cut, in
-    /// buffer positions (`base` is the stream offset of the buffer's first byte).
-    fn verify_own_replies(
-        &mut self,
-        buf: &mut impl Buffer,
-        base: u64,
-        ours: Vec<OwnReply>,
-        mut lost: Option<&'static str>,
-    ) -> (Vec<(usize, usize)>, Option<&'static str>) {
+        // Verify each filter reply and collect what to cut, in buffer positions.
         let mut cuts: Vec<(usize, usize)> = Vec::new();
+        let mut lost = lost;
+        let first_answer = self.events.len();
         for (start, end, is_error) in ours {
             let (Some(s), Some(e)) = (start.checked_sub(base), end.checked_sub(base)) else {
                 lost.get_or_insert("a filter reply began in a read already passed on");
@@ -226,47 +185,81 @@ impl Session {
             cuts.push((s, e));
             self.events.push(Event::KeepaliveAnswered);
         }
-        (cuts, lost)
-    }
+        let answered = cuts.len() as u32;
 
-    /// A partial frame at the end of the read that may be the filter's: cut its head and hold
-    /// it until the next read tells.
-    fn hold_partial_reply(
-        &mut self,
-        buf: &mut impl Buffer,
-        base: u64,
-        cuts: &mut Vec<(usize, usize)>,
-    ) {
-        if self.replies.at_boundary()
-            || self.follow == Follow::Passthrough
-            || !self.modes.queue.filter_at_front()
-        {
-            return;
-        }
-        let Some(s) = self.reply_frame_end.checked_sub(base) else {
-            return;
-        };
-        let s = s as usize;
-        let size = buf.len();
-        if size > s && size - s <= MAX_OWN_REPLY {
-            let head = buf
-                .read(s, size - s)
-                .filter(|h| h.len() == size - s && may_be_filter_reply(h));
-            if let Some(head) = head {
-                self.carry = head.to_vec();
-                cuts.push((s, size));
+        match result {
+            Ok(()) => {}
+            Err(LoopStop::Parse(e)) => {
+                self.apply_cuts(buf, &cuts);
+                self.pass_through_now(PassthroughReason::ReplyParse(e));
+                return;
+            }
+            Err(LoopStop::HostRead) => {
+                self.pass_through_now(PassthroughReason::HostRefused);
+                return;
             }
         }
-    }
+        if let Some(why) = lost {
+            self.apply_cuts(buf, &cuts);
+            self.pass_through_now(PassthroughReason::LostTrack(why));
+            return;
+        }
 
-    /// The ping clock follows whichever filter PING is now at the front.
-    fn follow_ping_clock(&mut self, now: Millis, answered: bool, filter_before: u32) {
+        // A partial frame at the end that may be the filter's: hold its head back.
+        if !self.replies.at_boundary()
+            && self.follow != Follow::Passthrough
+            && self.modes.queue.filter_at_front()
+        {
+            if let Some(s) = self.reply_frame_end.checked_sub(base) {
+                let s = s as usize;
+                let size = buf.len();
+                if size > s && size - s <= MAX_OWN_REPLY {
+                    let head = buf
+                        .read(s, size - s)
+                        .filter(|h| h.len() == size - s && may_be_filter_reply(h));
+                    if let Some(head) = head {
+                        self.carry = head.to_vec();
+                        cuts.push((s, size));
+                    }
+                }
+            }
+        }
+        if !self.apply_cuts(buf, &cuts) {
+            self.carry.clear();
+            self.pass_through_now(PassthroughReason::HostRefused);
+            return;
+        }
+        // The probe's PING was the first filter reply owed: its answer releases the hold.
+        if answered > 0 {
+            if let Some(p) = self.probe.take() {
+                // A probe's own PING is counted as the probe's; a command held behind a
+                // keepalive just follows it (the keepalive's answer is counted as such).
+                if p.own_ping {
+                    if self.events.get(first_answer) == Some(&Event::KeepaliveAnswered) {
+                        self.events.remove(first_answer);
+                    }
+                    self.events.push(Event::ProbePassed {
+                        waited_ms: now.saturating_sub(p.since),
+                    });
+                }
+                if !p.held.is_empty() {
+                    self.release
+                        .get_or_insert_with(Vec::new)
+                        .extend_from_slice(&p.held);
+                }
+            }
+        }
+
+        // The ping clock follows whichever filter PING is now at the front.
         let front = self.modes.queue.filter_at_front();
-        if answered || filter_before != self.modes.queue.filter_pending() || !front {
+        if answered > 0 || filter_before != self.modes.queue.filter_pending() || !front {
             self.ping_clock = front.then_some(now);
         } else if self.ping_clock.is_none() {
             // A blocked command's reply just put a filter PING at the front.
             self.ping_clock = Some(now);
+        }
+        if self.follow == Follow::Draining && self.modes.queue.filter_pending() == 0 {
+            self.follow = Follow::Passthrough;
         }
     }
 
