@@ -1,7 +1,7 @@
 //! The real `.wasm` under the Envoy-faithful host: dead links, closes, bad bytes from either
 //! side, bad configuration, and a host that refuses what the filter asks.
 
-use crate::host::{cmd, stat, warm, Envoy, Faults, Options, PING, PONG};
+use crate::host::{cmd, module_imports, stat, warm, ConnId, Envoy, Faults, Options, PING, PONG};
 
 /// 1 s keepalive, 500 ms ping_timeout: tick every 50 ms.
 const CONFIG: &str = r#"{"keepalive_interval": "1s", "ping_timeout": "500ms"}"#;
@@ -370,7 +370,7 @@ fn no_stats_still_keeps_connections_alive() {
 fn the_module_uses_only_host_calls_this_host_models() {
     // Every import is either modelled or traps loudly when called; this lists what the module
     // declares so a new dependency on the host shows up in review.
-    let imports = crate::host::module_imports();
+    let imports = module_imports();
     let used: Vec<&str> = imports
         .iter()
         .filter(|(_, implemented)| *implemented)
@@ -395,9 +395,9 @@ const CLOSES_PER_TICK: usize = 100;
 const HURRIED_TICK_MS: u32 = 20;
 
 /// 600 idle connections PINGed within two ticks of each other, then never answered.
-fn stalled_pool(e: &mut Envoy) -> Vec<crate::host::ConnId> {
+fn stalled_pool(e: &mut Envoy) -> Vec<ConnId> {
     assert_eq!(e.tick_period_ms(), 1_000);
-    let conns: Vec<crate::host::ConnId> = (0..600).map(|_| warm(e)).collect();
+    let conns: Vec<ConnId> = (0..600).map(|_| warm(e)).collect();
     e.advance(10_000);
     for &c in &conns {
         assert_eq!(e.take_redis(c), PING);
@@ -456,8 +456,7 @@ fn a_connection_waiting_for_its_close_is_spared_if_its_ping_is_answered_meanwhil
         "more were due in that tick"
     );
     // Redis is back: the rest get their answers before their turn, and stay open.
-    let waiting: Vec<crate::host::ConnId> =
-        conns.iter().copied().filter(|&c| e.is_open(c)).collect();
+    let waiting: Vec<ConnId> = conns.iter().copied().filter(|&c| e.is_open(c)).collect();
     for c in waiting {
         e.redis_send(c, PONG);
         assert_eq!(

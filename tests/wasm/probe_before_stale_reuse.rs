@@ -2,7 +2,7 @@
 //! arrives after `probe_after` without a byte from Redis is held, a PING goes first, and the
 //! command follows the answer, or is never sent.
 
-use crate::host::{cmd, stat, warm, Envoy, PING, PONG};
+use crate::host::{cmd, stat, warm, Envoy, Faults, PING, PONG};
 
 /// Keepalive off (so the link goes stale), probes after 2 s, 500 ms to answer.
 const CONFIG: &str =
@@ -245,9 +245,9 @@ fn host_refusing_the_release_closes_without_sending() {
     e.advance(10_000);
     e.client_send(c, &cmd(&["INCR", "n"]));
     assert_eq!(e.take_redis(c), PING);
-    e.set_faults(crate::host::Faults {
+    e.set_faults(Faults {
         no_paused_buffer: true,
-        ..crate::host::Faults::default()
+        ..Faults::default()
     });
     e.redis_send(c, PONG);
     assert_eq!(e.take_redis(c), b"");
