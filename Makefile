@@ -80,7 +80,7 @@ test-e2e: setup build build-native
 # with keepalive/probe every 100ms) and redis_proxy, interleaved rounds; Envoy CPU per request;
 # latency at a fixed rate; wasm instructions per request (wasmtime fuel); a calibration of what a
 # wasm instruction and a host call cost in Envoy's V8; then 10,000 idle connections through one
-# Envoy worker (both builds at 1 s, the native one at its 30 s default, with its timer thread's
+# Envoy worker (both builds at 1 s, the native one at its 15 s default, with its timer thread's
 # CPU). Results in .lab/bench/. `make bench BENCH_ARGS=--quick` for a smoke run.
 NOOP_WASM := target/noop/$(WASM_TARGET)/release/noop_filter.wasm
 NOOP_NATIVE := target/noop-native/release/libnoop_native.so
@@ -89,7 +89,7 @@ bench: setup-rust setup-apt setup-py build build-native
 	cargo build --manifest-path tests/bench/noop_native/Cargo.toml --release --target-dir target/noop-native
 	$(PY) tests/bench/bench.py --wasm $(WASM) --native $(NATIVE) --noop-wasm $(NOOP_WASM) --noop-native $(NOOP_NATIVE) $(BENCH_ARGS)
 	$(PY) tests/bench/scale.py --wasm $(WASM) --native $(NATIVE) $(BENCH_ARGS)
-	$(PY) tests/bench/scale.py --native $(NATIVE) --builds native --keepalive 30s $(BENCH_ARGS)
+	$(PY) tests/bench/scale.py --native $(NATIVE) --builds native --keepalive 15s $(BENCH_ARGS)
 
 # Reconnect storms: 5,000 idle connections through each build (1 and 2 Envoy workers) go quiet
 # together; Redis stalls (SIGSTOP) longer than a keepalive and its ping_timeout, twice; a pool

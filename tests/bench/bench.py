@@ -830,7 +830,7 @@ def main() -> int:
         print(f"FAILED run: round {r.round} {r.workload.name} on {r.config}: {r.error}")
     passthrough = {k: d.get("passthrough", 0) for k, d in guard_deltas.items()}
     if any(passthrough.values()):
-        print(f"WARNING: the filter stepped aside during the runs: {passthrough}")
+        print(f"WARNING: the filter passed connections through during the runs: {passthrough}")
     if calibration_runs:
         print()
         print("Calibration (GET P1 16 B):")

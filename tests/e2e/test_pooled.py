@@ -283,7 +283,7 @@ def test_redis_proxy_command_coverage_claims(lab, module, pooled):
     """The claims the README makes about redis_proxy on 1.40, through the pooled chain: RESP2
     only; no pub/sub, blocking commands, WAIT or MONITOR; MULTI/EXEC on a connection of its
     own; SELECT forwarded on the SHARED leg (it switches the database of every client); EVAL
-    needs a key. The filter never steps aside for any of it."""
+    needs a key. The filter never passes any of it through."""
     redis = lab.redis(extra_config={"databases": "16"})
     e = pooled(redis, module=module, plugin_config=GUARD)
     refused = {}

@@ -1,5 +1,5 @@
-"""TLS to Redis: the filter works when Envoy originates TLS, and steps aside when the application
-encrypts end to end.
+"""TLS to Redis: the filter works when Envoy originates TLS, and passes the connection through
+when the application encrypts end to end.
 
 1. TLS origination (what Istio does for a DestinationRule with `tls.mode: SIMPLE`, and what
    envoy/tls.yaml does): the application speaks plain RESP to Envoy, Envoy's cluster speaks TLS
@@ -9,8 +9,9 @@ encrypts end to end.
    succeeds through the filter. Client: redis.asyncio RESP3 pool, retries off. Filter at
    keepalive 1s / ping_timeout 2s, below the faults' 2 s cutoffs. Needs root (namespaces).
 2. TLS end to end (rediss:// through the filter, Envoy plain tcp_proxy): the filter sees a TLS
-   record where a command should begin and steps aside. Every byte passes unchanged: TLS itself
-   rejects a single altered byte, and Envoy's byte counters match on both sides.
+   record where a command should begin and passes the connection through. Every byte passes
+   unchanged: TLS itself rejects a single altered byte, and Envoy's byte counters match on
+   both sides.
 3. The shipped envoy/tls.yaml runs (ports, address, module and CA moved for the lab; that it
    validates as shipped is checked with every envoy/*.yaml in test_manifests.py), and
    certificate checks are on: a certificate for another name is refused.
@@ -104,7 +105,7 @@ def test_origination_redis_timeout(lab, module):
     assert stats["keepalive.answered"] >= 3 and stats.get("passthrough", 0) == 0, stats
 
 
-# -- 2. TLS end to end: the filter steps aside -------------------------------------------------
+# -- 2. TLS end to end: the filter passes it through -----------------------------------------
 
 IDLE_S = 2.5  # above the filter's keepalive_interval: a PING it sent would break the session
 
@@ -157,7 +158,7 @@ def test_tls_end_to_end_passes_through_untouched(lab, module):
 
 def test_tls_passthrough_close_is_not_an_idle_death(lab, module):
     """A client that ends its TLS session sends close_notify, so Redis closes first: the filter,
-    which stepped aside and cannot know if the client was idle, must not count that as a link
+    which passed it through and cannot know if the client was idle, must not count that as a link
     that died idle (idle_deaths feeds the learning) nor as a reconnect signal."""
     redis = lab.redis(tls=True)
     envoy = lab.envoy(redis, module=module, plugin_config={"keepalive_interval": "1s"})

@@ -1352,7 +1352,7 @@ def judge(result: SoakResult) -> List[str]:
     mem_fails, result.memory_notes = memory_verdict(result)
     fails += mem_fails
     if result.guard_stats.get("passthrough", 0):
-        fails.append(f"the filter stepped aside from {result.guard_stats['passthrough']:g} "
+        fails.append(f"the filter passed through {result.guard_stats['passthrough']:g} "
                      "connection(s) (passthrough): it lost track of a stream")
     fails += [f"VM failure: {line}" for line in result.vm_failures[:10]]
     return fails
