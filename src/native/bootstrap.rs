@@ -8,11 +8,12 @@
 //! Without it the filter works the same, with the global stats only.
 
 use super::abi::{self, BootstrapConfigEnvoy, EnvoyBuffer, ModuleBuffer};
+use super::host::{on_module_thread, Later, Pending};
 use super::{exports::guard, log as envoy_log, timer};
 use crate::metrics::{Kind, UpstreamMetric, UPSTREAM_LABEL};
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{LazyLock, Mutex, OnceLock, PoisonError};
 
 /// The extension name the bootstrap config must use.
 const NAME: &[u8] = b"redis_idle_guard";
@@ -80,6 +81,24 @@ fn define(config: BootstrapConfigEnvoy) -> UpstreamStats {
     }
 }
 
+/// Held across every call that updates a labelled stat: Envoy 1.40 builds a labelled stat's
+/// name in the extension configuration's one `StatNamePool`, shared by every worker.
+static UPDATE: Mutex<()> = Mutex::new(());
+
+/// Updates made on the module's thread, for the next worker callback (see
+/// `host::MODULE_THREAD`).
+static LATER: LazyLock<Pending<(String, UpstreamMetric, Later)>> = LazyLock::new(Pending::default);
+
+/// On a worker: carry out the updates made on the module's thread.
+pub fn catch_up() {
+    for (cluster, metric, update) in LATER.take() {
+        match update {
+            Later::Add(by) => upstream_add(&cluster, metric, by),
+            Later::Record(value) => upstream_record(&cluster, metric, value),
+        }
+    }
+}
+
 fn with_stats(metric: UpstreamMetric, f: impl FnOnce(BootstrapConfigEnvoy, usize)) {
     if !ACTIVE.load(Ordering::Acquire) {
         return;
@@ -87,16 +106,22 @@ fn with_stats(metric: UpstreamMetric, f: impl FnOnce(BootstrapConfigEnvoy, usize
     let Some(stats) = STATS.get() else { return };
     let id = stats.ids.get(metric.index()).copied().unwrap_or(0);
     if id != 0 {
+        // Nothing under the lock panics; a poisoned lock still serializes.
+        let _serial = UPDATE.lock().unwrap_or_else(PoisonError::into_inner);
         f(stats.config as BootstrapConfigEnvoy, id);
     }
 }
 
 pub fn upstream_add(cluster: &str, metric: UpstreamMetric, by: i64) {
+    if on_module_thread() {
+        LATER.push((cluster.to_string(), metric, Later::Add(by)));
+        return;
+    }
     let Ok(by) = u64::try_from(by) else { return };
     let label = [ModuleBuffer::from(cluster)];
     with_stats(metric, |config, id| {
-        // SAFETY: the configuration is live while ACTIVE; safe from any thread; the label is
-        // live for the call.
+        // SAFETY: the configuration is live while ACTIVE; an Envoy thread, serialized by
+        // UPDATE (see there); the label is live for the call.
         unsafe {
             abi::envoy_dynamic_module_callback_bootstrap_extension_config_increment_counter(
                 config,
@@ -110,6 +135,10 @@ pub fn upstream_add(cluster: &str, metric: UpstreamMetric, by: i64) {
 }
 
 pub fn upstream_record(cluster: &str, metric: UpstreamMetric, value: u64) {
+    if on_module_thread() {
+        LATER.push((cluster.to_string(), metric, Later::Record(value)));
+        return;
+    }
     let label = [ModuleBuffer::from(cluster)];
     with_stats(metric, |config, id| {
         // SAFETY: as in `upstream_add`.

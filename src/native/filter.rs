@@ -12,8 +12,8 @@ use crate::worker::{Verdict, Wake, Worker};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 
 /// What `config_new` builds: the parsed configuration, its stats, and one [`Worker`] per Envoy
-/// worker thread. A worker's lock is only ever taken by its own thread (and never while a host
-/// call that may call back in is running), so it is never contended.
+/// worker thread. A worker's lock is taken by its own thread (never while a host call that may
+/// call back in is running), and tried by a filter destroyed on the timer thread (see `Drop`).
 pub struct FilterConfig {
     pub stats: Stats,
     workers: Box<[Mutex<Worker>]>,
@@ -147,6 +147,7 @@ impl Filter {
         let mut host = NativeHost {
             stats: &self.config.stats,
         };
+        self.config.stats.catch_up();
         if let Some(gone) = self.config.gone.get(self.worker) {
             let ids = std::mem::take(&mut *gone.lock().unwrap_or_else(PoisonError::into_inner));
             for gone_id in ids {
@@ -226,8 +227,9 @@ impl Filter {
 /// Envoy destroys a filter on its worker, or, when a wake was being committed at that moment,
 /// on the timer thread (see `timer`): the worker may be busy then, so a removal that cannot
 /// take the worker's lock at once is left for the next callback of that worker, which carries it
-/// out before anything else. The timer slot (the connection's id) is freed last, so that a new
-/// connection cannot get the id while the old one is still to be removed.
+/// out before anything else; the stat updates of a removal on the timer thread wait for the
+/// worker too (`host::MODULE_THREAD`). The timer slot (the connection's id) is freed last, so
+/// that a new connection cannot get the id while the old one is still to be removed.
 impl Drop for Filter {
     fn drop(&mut self) {
         let Some(id) = self.id else { return };

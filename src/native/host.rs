@@ -8,12 +8,72 @@ use crate::duration::Millis;
 use crate::host::{ConnectionId, Host, StoreError, Stored, Upstream};
 use crate::metrics::{Kind, Metric, UpstreamMetric};
 use crate::upstream::UpstreamId;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::cell::Cell;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, PoisonError};
+
+thread_local! {
+    /// Set on the module's own thread (the timer). Envoy 1.40 creates and records stats
+    /// through per-thread caches that exist only on its own threads: a labelled gauge set from
+    /// the timer thread crashed Envoy (SIGSEGV in `..._bootstrap_extension_config_set_gauge`,
+    /// measured). There, stat updates wait for the next callback on a worker.
+    static MODULE_THREAD: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Mark the calling thread as the module's own (see `MODULE_THREAD`).
+pub fn mark_module_thread() {
+    MODULE_THREAD.with(|m| m.set(true));
+}
+
+pub fn on_module_thread() -> bool {
+    MODULE_THREAD.with(Cell::get)
+}
+
+/// A stat update made on the module's thread, carried out later on a worker.
+#[derive(Clone, Copy)]
+pub enum Later {
+    Add(i64),
+    Record(u64),
+}
+
+/// Updates waiting for a worker, and whether there are any (checked on every callback).
+pub struct Pending<T> {
+    any: AtomicBool,
+    list: Mutex<Vec<T>>,
+}
+
+impl<T> Default for Pending<T> {
+    fn default() -> Self {
+        Pending {
+            any: AtomicBool::new(false),
+            list: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<T> Pending<T> {
+    pub fn push(&self, item: T) {
+        self.list
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(item);
+        self.any.store(true, Ordering::Release);
+    }
+
+    /// Everything waiting (nothing, at the cost of one atomic load, in the common case).
+    pub fn take(&self) -> Vec<T> {
+        if !self.any.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.list.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+}
 
 /// The ids of the global stats of one filter configuration (0: not defined).
 pub struct Stats {
     config: usize,
     ids: [usize; Metric::ALL.len()],
+    later: Pending<(Metric, Later)>,
 }
 
 impl Stats {
@@ -52,6 +112,7 @@ impl Stats {
         Stats {
             config: config as usize,
             ids,
+            later: Pending::default(),
         }
     }
 
@@ -59,15 +120,30 @@ impl Stats {
         self.ids.get(metric.index()).copied().unwrap_or(0)
     }
 
+    /// On a worker: carry out the updates made on the module's thread since the last call.
+    pub fn catch_up(&self) {
+        for (metric, update) in self.later.take() {
+            match update {
+                Later::Add(by) => self.add(metric, by),
+                Later::Record(value) => self.record(metric, value),
+            }
+        }
+        bootstrap::catch_up();
+    }
+
     fn add(&self, metric: Metric, by: i64) {
         let id = self.id(metric);
         if id == 0 || by == 0 {
             return;
         }
+        if on_module_thread() {
+            self.later.push((metric, Later::Add(by)));
+            return;
+        }
         let config = self.config as FilterConfigEnvoy;
         let n = by.unsigned_abs();
         // SAFETY: the filter configuration outlives every connection of it (Envoy destroys it
-        // after its last filter), and these calls are safe from any thread.
+        // after its last filter); on an Envoy thread (see `MODULE_THREAD`).
         unsafe {
             match (metric.kind(), by > 0) {
                 (Kind::Counter, true) => {
@@ -93,6 +169,10 @@ impl Stats {
     fn record(&self, metric: Metric, value: u64) {
         let id = self.id(metric);
         if id == 0 {
+            return;
+        }
+        if on_module_thread() {
+            self.later.push((metric, Later::Record(value)));
             return;
         }
         let config = self.config as FilterConfigEnvoy;

@@ -170,6 +170,7 @@ pub fn stop() {
 }
 
 fn run() {
+    super::host::mark_module_thread();
     let result = std::panic::catch_unwind(|| {
         let mut st = lock();
         let mut due = Vec::new();
