@@ -67,7 +67,14 @@ impl Worker {
                 {
                     u.published = u.cutoff.shared(bounds);
                 }
-                self.apply(host, upstream, interval, &adopted_why(shared));
+                let why = match shared {
+                    Some((estimate, _)) => format!(
+                        "another worker learned that the path's idle cutoff is at most {}",
+                        format_duration(estimate)
+                    ),
+                    None => "another worker forgot the learned cutoff".to_string(),
+                };
+                self.apply(host, upstream, interval, &why);
             }
         }
     }
@@ -100,7 +107,14 @@ impl Worker {
             if let (Some(u), Some(bounds)) = (self.upstreams.get_mut(upstream), self.config.learn) {
                 u.published = u.cutoff.shared(bounds);
             }
-            self.apply(host, upstream, interval, &adopted_why(shared));
+            // The store outlives a listener update: "another worker" may be this process's
+            // previous configuration.
+            self.apply(
+                host,
+                upstream,
+                interval,
+                "another worker learned the path's cutoff",
+            );
         }
     }
 
@@ -227,17 +241,5 @@ impl Worker {
             let deadline = s.next_deadline();
             arm(host, id, s, deadline);
         }
-    }
-}
-
-/// Why a worker took the shared estimate (from another worker, or from this process's
-/// previous configuration: the store outlives a listener update).
-fn adopted_why(shared: shared_cutoff::Shared) -> String {
-    match shared {
-        Some((estimate, _)) => format!(
-            "another worker learned that the path's idle cutoff is at most {}",
-            format_duration(estimate)
-        ),
-        None => "another worker forgot the learned cutoff".to_string(),
     }
 }
