@@ -4,36 +4,13 @@
 pub mod coverage;
 pub mod harness;
 pub mod redis_model;
+pub mod vec_buffer;
 
 use redis_idle_guard::config::Config;
-use redis_idle_guard::session::{Buffer, Session, TickAction, PING};
+use redis_idle_guard::session::{Session, TickAction, PING};
 
 pub use redis_model::cmd;
-
-/// One callback's buffer, as the host holds it.
-pub struct VecBuffer {
-    pub data: Vec<u8>,
-    pub bytes_read: usize,
-}
-
-impl Buffer for VecBuffer {
-    fn len(&self) -> usize {
-        self.data.len()
-    }
-    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]> {
-        let end = start.checked_add(len)?;
-        let bytes = self.data.get(start..end.min(self.data.len()))?;
-        self.bytes_read += bytes.len();
-        Some(bytes)
-    }
-    fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool {
-        if upto > self.data.len() {
-            return false;
-        }
-        self.data.splice(0..upto, with.iter().copied());
-        true
-    }
-}
+pub use vec_buffer::VecBuffer;
 
 pub struct World {
     pub session: Session,

@@ -14,32 +14,16 @@
 
 #[path = "../../support/redis_model.rs"]
 mod redis_model;
+#[path = "../../support/vec_buffer.rs"]
+mod vec_buffer;
 
 use libfuzzer_sys::fuzz_target;
 use redis_idle_guard::config::Config;
 use redis_idle_guard::resp::{Framer, Limits, Side};
-use redis_idle_guard::session::{Buffer, Session, TickAction, PING};
+use redis_idle_guard::session::{Session, TickAction, PING};
 use redis_model::{decode, encode, Cmd, Redis, ALL};
+use vec_buffer::VecBuffer;
 use std::collections::VecDeque;
-
-struct VecBuffer(Vec<u8>);
-
-impl Buffer for VecBuffer {
-    fn len(&self) -> usize {
-        self.0.len()
-    }
-    fn read(&mut self, start: usize, len: usize) -> Option<&[u8]> {
-        let end = start.checked_add(len)?.min(self.0.len());
-        self.0.get(start..end)
-    }
-    fn replace_prefix(&mut self, upto: usize, with: &[u8]) -> bool {
-        if upto > self.0.len() {
-            return false;
-        }
-        self.0.splice(0..upto, with.iter().copied());
-        true
-    }
-}
 
 /// Input bytes, read from the front; zeros when they run out.
 struct Input<'a>(&'a [u8]);
@@ -102,9 +86,9 @@ impl World {
             return;
         }
         self.client_sent.extend_from_slice(bytes);
-        let mut b = VecBuffer(bytes.to_vec());
+        let mut b = VecBuffer::new(bytes.to_vec());
         self.session.on_client_data(self.now, &mut b);
-        self.to_redis.extend_from_slice(&b.0);
+        self.to_redis.extend_from_slice(&b.data);
         self.after_callback();
     }
 
@@ -112,9 +96,9 @@ impl World {
         if self.closed || bytes.is_empty() {
             return;
         }
-        let mut b = VecBuffer(bytes.to_vec());
+        let mut b = VecBuffer::new(bytes.to_vec());
         self.session.on_server_data(self.now, &mut b);
-        self.to_client.extend_from_slice(&b.0);
+        self.to_client.extend_from_slice(&b.data);
         self.after_callback();
     }
 
